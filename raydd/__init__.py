@@ -1,0 +1,3 @@
+"""raydd: distributed dataset distillation on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from raydd.cli import main
+
+sys.exit(main())

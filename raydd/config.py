@@ -1,0 +1,103 @@
+"""Compose Hydra configs and check them before any work starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+STAGES = {
+    "data": "convert a torchvision/ImageFolder dataset into raydd Parquet shards",
+    "experts": "train expert trajectories in parallel (Ray actors) into the trajectory store",
+    "distill": "trajectory matching (mtt, datm, ast, mct) on Ray Train",
+    "quantize": "optimal-quantization distillation (ddoq, d4m) as Ray tasks",
+    "evaluate": "train fresh networks on a set (or a random/full baseline), test on real data",
+    "tune": "Ray Tune sweep over IPC and loss weights",
+    "pipeline": "experts → distill → evaluate (or quantize → evaluate) in one job",
+}
+DISTILL_METHODS = ("mtt", "datm", "ast", "mct")
+QUANTIZE_METHODS = ("ddoq", "d4m")
+BASELINES = ("random", "full")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the problem."""
+
+
+def config_dir() -> Path:
+    """``$RAYDD_CONFIG_DIR``, else ``./configs``, else the ``configs/`` beside the package."""
+    for candidate in (os.environ.get("RAYDD_CONFIG_DIR"), "configs", Path(__file__).resolve().parents[1] / "configs"):
+        if candidate and (Path(candidate) / "config.yaml").exists():
+            return Path(candidate).resolve()
+    raise ConfigError("configs/config.yaml not found: run from the raydd checkout or set RAYDD_CONFIG_DIR")
+
+
+def compose(overrides: list[str]) -> dict[str, Any]:
+    """Compose ``configs/config.yaml`` with ``key=value`` overrides into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+
+
+def validate(cfg: dict[str, Any], stage: str) -> None:
+    """Cheap checks that would otherwise fail deep inside a Ray job."""
+    from raydd.data.registry import dataset_names
+    from raydd.models.registry import MODELS
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if cfg["dataset"]["name"] not in dataset_names():
+        raise ConfigError(f"unknown dataset {cfg['dataset']['name']!r}; choose one of {', '.join(dataset_names())}")
+    for name in [cfg["model"]["name"], *cfg["evaluate"]["models"]]:
+        if name not in MODELS:
+            raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    method = cfg["method"]["name"]
+    allowed = {"distill": DISTILL_METHODS, "quantize": QUANTIZE_METHODS,
+               "evaluate": DISTILL_METHODS + QUANTIZE_METHODS + BASELINES,
+               "pipeline": DISTILL_METHODS + QUANTIZE_METHODS, "tune": DISTILL_METHODS}.get(stage)
+    if allowed and method not in allowed:
+        raise ConfigError(f"method {method!r} does not run in stage {stage!r}; choose one of {', '.join(allowed)}")
+    if not isinstance(cfg["ipc"], int) or cfg["ipc"] <= 0:
+        raise ConfigError(f"ipc must be a positive integer, got {cfg['ipc']!r}")
+    if not isinstance(cfg["workers"], int) or cfg["workers"] < 0:
+        raise ConfigError(f"workers must be an integer >= 0, got {cfg['workers']!r}")
+    for key in ("num", "epochs"):
+        if cfg["experts"][key] <= 0:
+            raise ConfigError(f"experts.{key} must be positive, got {cfg['experts'][key]}")
+    if cfg["experts"]["variant"] not in ("plain", "smooth"):
+        raise ConfigError(f"unknown experts.variant {cfg['experts']['variant']!r}; choose plain or smooth")
+    if cfg["experts"]["form"] not in ("full", "convex"):
+        raise ConfigError(f"unknown experts.form {cfg['experts']['form']!r}; choose full or convex")
+    d = cfg["distill"]
+    if d["unroll"] not in ("plain", "constant_memory"):
+        raise ConfigError(f"unknown distill.unroll {d['unroll']!r}; choose plain or constant_memory")
+    if d["min_start_epoch"] > d["max_start_epoch"] or d["max_start_epoch"] + d["expert_epochs"] > cfg["experts"]["epochs"]:
+        raise ConfigError(f"distill start window [{d['min_start_epoch']}, {d['max_start_epoch']}] + expert_epochs "
+                          f"{d['expert_epochs']} must lie within experts.epochs={cfg['experts']['epochs']}")
+    if cfg["evaluate"]["num_models"] <= 0 or cfg["evaluate"]["epochs"] <= 0:
+        raise ConfigError("evaluate.num_models and evaluate.epochs must be positive")
+
+
+def check_data(cfg: dict[str, Any]) -> None:
+    """Fail fast when the dataset cannot be found (reads metadata or the files' existence only)."""
+    from raydd.data.registry import check_available
+    from raydd.data.sources import DatasetNotFoundError
+
+    try:
+        check_available(cfg["dataset"])
+    except (FileNotFoundError, DatasetNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def describe(cfg: dict[str, Any]) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(cfg))

@@ -1,0 +1,1 @@
+"""Datasets, normalisation, ZCA whitening and differentiable siamese augmentation."""

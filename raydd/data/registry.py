@@ -1,0 +1,103 @@
+"""Datasets by name: ``load_dataset(cfg)`` → spec, train and test splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from raydd.data import parquet, sources
+from raydd.data.types import DatasetSpec, ImageData
+from raydd.storage.fs import resolve
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Entry:
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    load: Callable[..., ImageData]
+    sized: bool = False  # the loader takes an image_size (resized datasets)
+
+
+DATASETS: dict[str, Entry] = {
+    "digits": Entry(10, 1, 8, (0.3,), (0.38,), sources.digits),
+    "mnist": Entry(10, 1, 28, (0.1307,), (0.3081,), sources.mnist),
+    "fashion_mnist": Entry(10, 1, 28, (0.2861,), (0.3530,), sources.fashion_mnist),
+    "cifar10": Entry(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), sources.cifar10),
+    "cifar100": Entry(100, 3, 32, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762), sources.cifar100),
+    "tiny_imagenet": Entry(200, 3, 64, IMAGENET_MEAN, IMAGENET_STD, sources.image_folder, sized=True),
+    "imagenet1k": Entry(1000, 3, 64, IMAGENET_MEAN, IMAGENET_STD, sources.image_folder, sized=True),
+}
+
+
+def dataset_names() -> list[str]:
+    return [*DATASETS, "parquet"]
+
+
+def _get(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def dataset_spec(cfg: dict[str, Any]) -> DatasetSpec:
+    """The spec of the configured dataset, without loading images (reads one Parquet footer at most)."""
+    name = cfg["name"]
+    if name not in DATASETS and name != "parquet":
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
+    if _get(cfg, "uri") or name == "parquet":
+        if not _get(cfg, "uri"):
+            raise ValueError("dataset 'parquet' needs dataset.uri (a local path or s3://bucket/prefix)")
+        meta = parquet.read_meta(resolve(cfg["uri"], cfg.get("endpoint_url")), "train")
+        entry = DATASETS.get(name)
+        channels = meta["channels"]
+        mean = tuple(_get(cfg, "mean", entry.mean if entry else (0.5,) * channels))
+        std = tuple(_get(cfg, "std", entry.std if entry else (0.5,) * channels))
+        return DatasetSpec(name, meta["num_classes"], channels, meta["height"], mean, std)
+    e = DATASETS[name]
+    size = int(_get(cfg, "image_size", e.image_size)) if e.sized else e.image_size
+    return DatasetSpec(name, e.num_classes, e.channels, size, tuple(_get(cfg, "mean", e.mean)), tuple(_get(cfg, "std", e.std)))
+
+
+def load_split(cfg: dict[str, Any], split: str, classes: list[int] | None = None) -> ImageData:
+    """Load ``split`` ('train' or 'test') of the configured dataset, optionally only ``classes``."""
+    name = cfg["name"]
+    if _get(cfg, "uri") or name == "parquet":
+        return parquet.read_split(resolve(cfg["uri"], cfg.get("endpoint_url")), split, classes)
+    entry = DATASETS[name]
+    root = _get(cfg, "root", sources.env_root(name))
+    load = partial(entry.load, image_size=dataset_spec(cfg).image_size) if entry.sized else entry.load
+    data = load(root, split)
+    if classes is not None:
+        import torch
+
+        data = data.subset(torch.isin(data.labels, torch.tensor(classes)))
+    return data
+
+
+def load_dataset(cfg: dict[str, Any]) -> tuple[DatasetSpec, ImageData, ImageData]:
+    """Spec, train split and test split of the configured dataset."""
+    spec = dataset_spec(cfg)
+    return spec, load_split(cfg, "train"), load_split(cfg, "test")
+
+
+def check_available(cfg: dict[str, Any]) -> DatasetSpec:
+    """The spec, after checking the data is there (cheaply: the test split of small datasets, directories of large)."""
+    spec = dataset_spec(cfg)
+    entry = DATASETS.get(cfg["name"])
+    if entry is not None and not _get(cfg, "uri"):
+        if entry.sized:
+            root = _get(cfg, "root", sources.env_root(cfg["name"]))
+            if not root or not (Path(root) / "train").is_dir():
+                raise sources.DatasetNotFoundError(
+                    f"{cfg['name']}: dataset.root must be an ImageFolder root with train/ and val/ (got {root!r}), "
+                    "or set dataset.uri to Parquet shards")
+        else:
+            load_split(cfg, "test")
+    return spec

@@ -1,0 +1,56 @@
+"""In-memory image dataset types shared by every stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a stage needs to know about a dataset without loading it."""
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class ImageData:
+    """Images as uint8 ``N×C×H×W`` and integer labels ``N``."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must have one entry per image")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: Tensor) -> ImageData:
+        return ImageData(self.images[index], self.labels[index])
+
+
+def normalize(images: Tensor, spec: DatasetSpec) -> Tensor:
+    """uint8 images → float32, scaled to [0, 1] and standardised per channel."""
+    x = images.float().div_(255.0)
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(x: Tensor, spec: DatasetSpec) -> Tensor:
+    """Inverse of :func:`normalize` to [0, 1] floats (for pictures)."""
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x * std + mean).clamp(0, 1)

@@ -1,0 +1,1 @@
+"""Networks used in the distillation literature and a flat-parameter functional view."""

@@ -1,0 +1,66 @@
+"""A network as one flat parameter vector: what trajectories store and the inner loop differentiates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names and shapes of a module's parameters, in ``named_parameters`` order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ParamLayout:
+        named = list(module.named_parameters())
+        return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
+
+    @property
+    def numel(self) -> int:
+        return sum(int(torch.Size(s).numel()) for s in self.shapes)
+
+    def to_json(self) -> list[list]:
+        return [[n, list(s)] for n, s in zip(self.names, self.shapes)]
+
+    @classmethod
+    def from_json(cls, data: list[list]) -> ParamLayout:
+        return cls(tuple(n for n, _ in data), tuple(tuple(s) for _, s in data))
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views of ``flat`` shaped like each parameter (differentiable)."""
+        sizes = [int(torch.Size(s).numel()) for s in self.shapes]
+        return {n: t.view(s) for n, s, t in zip(self.names, self.shapes, flat.split(sizes))}
+
+
+def flatten_params(module: nn.Module) -> Tensor:
+    """A detached copy of the module's parameters as one float32 vector (a snapshot, never a view)."""
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).float().clone()
+
+
+def load_flat(module: nn.Module, flat: Tensor) -> nn.Module:
+    """Copy a flat vector into the module's parameters in place."""
+    layout = ParamLayout.of(module)
+    if flat.numel() != layout.numel:
+        raise ValueError(f"flat vector has {flat.numel()} values, module needs {layout.numel}")
+    with torch.no_grad():
+        for p, v in zip(module.parameters(), layout.unflatten(flat).values()):
+            p.copy_(v)
+    return module
+
+
+class FlatModel:
+    """Call ``module`` with parameters taken from a flat vector: ``FlatModel(m)(flat, x)``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.layout = ParamLayout.of(module)
+        self.buffers = dict(module.named_buffers())
+
+    def __call__(self, flat: Tensor, x: Tensor) -> Tensor:
+        return functional_call(self.module, {**self.layout.unflatten(flat), **self.buffers}, (x,))

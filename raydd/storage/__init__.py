@@ -1,0 +1,1 @@
+"""Everything that crosses machines goes through here, addressed by URI."""

@@ -1,0 +1,36 @@
+import pytest
+import torch
+from torch.func import functional_call
+
+from raydd.models.alexnet import AlexNet
+from raydd.models.resnet import ResNet18
+from raydd.models.vgg import VGG11
+
+MODELS = [ResNet18, VGG11, AlexNet]
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_forward_backward_functional(cls, channels, size):
+    torch.manual_seed(0)
+    model = cls(channels, 10, size)
+    x = torch.randn(2, channels, size, size)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    torch.testing.assert_close(functional_call(model, params, (x,)), out)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_other_norms_and_64px(cls, norm):
+    model = cls(3, 5, 64, norm=norm).eval()
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_unknown_norm_raises(cls):
+    with pytest.raises(ValueError, match="layer"):
+        cls(3, 10, 32, norm="layer")
