@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from raydd.config import STAGES, ConfigError, check_data, compose, describe, validate
+from raydd.config import STAGES, ConfigError, check_data, check_storage, compose, describe, validate
 
 USAGE = "usage: raydd <stage> [key=value ...] [--help]\n\nstages:\n" + "\n".join(
     f"  {name:<9} {text}" for name, text in STAGES.items()) + "\n\nexample: raydd evaluate dataset=fashion_mnist method=random ipc=10"
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raydd {stage}: {STAGES[stage]}\n\n{describe(cfg)}")
             return 0
         validate(cfg, stage)
-        if stage != "data":
-            check_data(cfg)
+        check_data(cfg)
+        check_storage(cfg, stage)
     except ConfigError as e:
         print(f"raydd: error: {e}", file=sys.stderr)
         return 2

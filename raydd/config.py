@@ -38,13 +38,20 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     """Compose ``configs/config.yaml`` with ``key=value`` overrides into a plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides)
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingConfigException as e:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        if group and e.options:
+            raise ConfigError(f"unknown {group} {name!r}; choose one of {', '.join(e.options)}") from e
+        raise ConfigError(str(e).splitlines()[0]) from e
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"missing mandatory value {e.full_key}") from e
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(str(e).splitlines()[0]) from e
 
@@ -86,6 +93,13 @@ def validate(cfg: dict[str, Any], stage: str) -> None:
                           f"{d['expert_epochs']} must lie within experts.epochs={cfg['experts']['epochs']}")
     if cfg["evaluate"]["num_models"] <= 0 or cfg["evaluate"]["epochs"] <= 0:
         raise ConfigError("evaluate.num_models and evaluate.epochs must be positive")
+    if stage == "data":
+        if not cfg["data"]["out"]:
+            raise ConfigError("raydd data needs data.out (a local path or s3://bucket/prefix for the Parquet shards)")
+        if cfg["dataset"]["name"] == "parquet" or cfg["dataset"].get("uri"):
+            raise ConfigError("raydd data converts a dataset from dataset.root; dataset=parquet / dataset.uri is Parquet already")
+        if not isinstance(cfg["data"]["rows_per_shard"], int) or cfg["data"]["rows_per_shard"] <= 0:
+            raise ConfigError(f"data.rows_per_shard must be a positive integer, got {cfg['data']['rows_per_shard']!r}")
 
 
 def check_data(cfg: dict[str, Any]) -> None:
@@ -96,6 +110,24 @@ def check_data(cfg: dict[str, Any]) -> None:
     try:
         check_available(cfg["dataset"])
     except (FileNotFoundError, DatasetNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def check_storage(cfg: dict[str, Any], stage: str) -> None:
+    """Fail fast when the stage's output storage is unreachable, or (``data``) already holds shards."""
+    from raydd.data.parquet import shard_paths
+    from raydd.storage.fs import StorageError, check_reachable, resolve
+    from raydd.storage.layout import root, set_location
+
+    try:
+        if stage == "data":
+            loc = resolve(cfg["data"]["out"], cfg["storage"].get("endpoint_url"))
+        else:
+            loc = set_location(cfg) if stage == "evaluate" else root(cfg)
+        check_reachable(loc)
+        if stage == "data" and any(shard_paths(loc, split) for split in ("train", "test")):
+            raise ConfigError(f"data.out {loc.uri} already holds Parquet shards; choose another data.out or delete it")
+    except StorageError as e:
         raise ConfigError(str(e)) from e
 
 

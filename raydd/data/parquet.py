@@ -26,22 +26,24 @@ def _schema(channels: int, size: int, num_classes: int) -> pa.Schema:
                      metadata={b"raydd": json.dumps(meta).encode()})
 
 
-def write_split(data: ImageData, loc: Location, split: str, num_classes: int, rows_per_shard: int = 10_000) -> int:
-    """Write one split as shards; each shard appears atomically. Returns the number of shards."""
+def write_shard(data: ImageData, loc: Location, split: str, index: int, num_classes: int) -> None:
+    """Write ``<loc>/<split>/part-<index>.parquet``; it appears atomically."""
     _, c, h, w = data.images.shape
     if h != w:
         raise ValueError(f"images must be square, got {h}×{w}")
-    schema = _schema(c, h, num_classes)
-    shards = 0
-    for start in range(0, len(data), rows_per_shard):
-        imgs = data.images[start:start + rows_per_shard].numpy()
-        table = pa.table({"image": [im.tobytes() for im in imgs],
-                          "label": data.labels[start:start + rows_per_shard].numpy()}, schema=schema)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        loc.join(split, f"part-{shards:05d}.parquet").write_bytes_atomic(sink.getvalue().to_pybytes())
-        shards += 1
-    return shards
+    table = pa.table({"image": [im.tobytes() for im in data.images.numpy()], "label": data.labels.numpy()},
+                     schema=_schema(c, h, num_classes))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    loc.join(split, f"part-{index:05d}.parquet").write_bytes_atomic(sink.getvalue().to_pybytes())
+
+
+def write_split(data: ImageData, loc: Location, split: str, num_classes: int, rows_per_shard: int = 10_000) -> int:
+    """Write one split as shards of ``rows_per_shard`` rows. Returns the number of shards."""
+    starts = range(0, len(data), rows_per_shard)
+    for index, start in enumerate(starts):
+        write_shard(data.subset(slice(start, start + rows_per_shard)), loc, split, index, num_classes)
+    return len(starts)
 
 
 def shard_paths(loc: Location, split: str) -> list[str]:
@@ -56,9 +58,11 @@ def read_meta(loc: Location, split: str) -> dict:
     paths = shard_paths(loc, split)
     if not paths:
         raise FileNotFoundError(f"no Parquet shards under {loc.join(split).uri}")
-    with loc.fs.open_input_file(paths[0]) as f:
-        schema = pq.read_schema(f)
-    meta = json.loads(schema.metadata[b"raydd"])
+    try:
+        with loc.fs.open_input_file(paths[0]) as f:
+            meta = json.loads(pq.read_schema(f).metadata[b"raydd"])
+    except (pa.ArrowInvalid, OSError, KeyError, TypeError) as e:
+        raise ValueError(f"corrupt Parquet shard {paths[0]}: {e}") from e
     if meta.get("raydd.format") != FORMAT:
         raise ValueError(f"{paths[0]}: not a {FORMAT} shard")
     return meta

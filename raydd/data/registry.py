@@ -46,6 +46,11 @@ def _get(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def source_root(cfg: dict[str, Any]) -> str | None:
+    """``dataset.root``, else ``$RAYDD_<NAME>_ROOT``."""
+    return _get(cfg, "root", sources.env_root(cfg["name"]))
+
+
 def dataset_spec(cfg: dict[str, Any]) -> DatasetSpec:
     """The spec of the configured dataset, without loading images (reads one Parquet footer at most)."""
     name = cfg["name"]
@@ -71,7 +76,7 @@ def load_split(cfg: dict[str, Any], split: str, classes: list[int] | None = None
     if _get(cfg, "uri") or name == "parquet":
         return parquet.read_split(resolve(cfg["uri"], cfg.get("endpoint_url")), split, classes)
     entry = DATASETS[name]
-    root = _get(cfg, "root", sources.env_root(name))
+    root = source_root(cfg)
     load = partial(entry.load, image_size=dataset_spec(cfg).image_size) if entry.sized else entry.load
     data = load(root, split)
     if classes is not None:
@@ -93,7 +98,7 @@ def check_available(cfg: dict[str, Any]) -> DatasetSpec:
     entry = DATASETS.get(cfg["name"])
     if entry is not None and not _get(cfg, "uri"):
         if entry.sized:
-            root = _get(cfg, "root", sources.env_root(cfg["name"]))
+            root = source_root(cfg)
             if not root or not (Path(root) / "train").is_dir():
                 raise sources.DatasetNotFoundError(
                     f"{cfg['name']}: dataset.root must be an ImageFolder root with train/ and val/ (got {root!r}), "

@@ -111,20 +111,41 @@ def cifar100(root: str | None, split: str) -> ImageData:
     return _torchvision_cifar("CIFAR100", root, split)
 
 
-def image_folder(root: str | None, split: str, image_size: int) -> ImageData:
-    """An ImageFolder tree (``root/train/<class>/*.JPEG``, ``root/val/<class>/*``) resized to ``image_size``."""
-    import torchvision
-    from torchvision.transforms import v2
+def image_folder_samples(root: str | None, split: str) -> list[tuple[str, int]]:
+    """``(path, label)`` of an ImageFolder split (``root/train/<class>/*``, ``root/val/<class>/*``).
+
+    Labels index the sorted class folders of ``train/``, so both splits agree even when
+    ``val/`` lacks a class.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     if not root:
         raise DatasetNotFoundError("an ImageFolder dataset needs dataset.root")
     folder = Path(root) / ("train" if split == "train" else "val")
     if not folder.is_dir():
         raise DatasetNotFoundError(f"{folder} does not exist")
+    classes = sorted(d.name for d in (Path(root) / "train").iterdir() if d.is_dir())
+    return make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS, allow_empty=True)
+
+
+def decode_images(paths: list[str], image_size: int) -> torch.Tensor:
+    """Decode image files to uint8 RGB ``N×3×S×S``: shorter side resized to ``image_size``, centre-cropped."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
-    ds = torchvision.datasets.ImageFolder(str(folder), transform=lambda im: transform(im.convert("RGB")))
-    images = torch.stack([ds[i][0] for i in range(len(ds))]) if len(ds) else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-    return ImageData(images, torch.tensor(ds.targets, dtype=torch.long))
+    out = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as im:
+            out[i] = transform(im.convert("RGB"))
+    return out
+
+
+def image_folder(root: str | None, split: str, image_size: int) -> ImageData:
+    """An ImageFolder split in memory (for large trees, ``raydd data`` converts it to Parquet in chunks)."""
+    samples = image_folder_samples(root, split)
+    return ImageData(decode_images([p for p, _ in samples], image_size),
+                     torch.tensor([c for _, c in samples], dtype=torch.long))
 
 
 def env_root(name: str) -> str | None:

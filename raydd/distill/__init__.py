@@ -1,0 +1,1 @@
+"""Trajectory matching (MTT, DATM, AST, MCT): pure math, sampling, and the Ray Train loop."""

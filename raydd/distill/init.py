@@ -1,0 +1,78 @@
+"""Initialising the synthetic set: real samples (MTT), correctly-classified ones (DATM), representatives (AST)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from raydd.data.types import DatasetSpec, ImageData, normalize
+from raydd.data.zca import ZCA
+from raydd.evaluate.baselines import random_indices
+from raydd.models.functional import FlatModel
+
+
+def to_model_space(images: Tensor, spec: DatasetSpec, zca: ZCA | None) -> Tensor:
+    x = normalize(images, spec)
+    return zca.transform(x) if zca is not None else x
+
+
+@torch.no_grad()
+def expert_logits(net: FlatModel, experts: list[Tensor], x: Tensor, batch: int = 1024) -> Tensor:
+    """Mean logits of several expert parameter vectors on ``x``."""
+    out = torch.zeros(x.shape[0], net.module(x[:1]).shape[1])
+    for theta in experts:
+        out += torch.cat([net(theta, x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+    return out / len(experts)
+
+
+def correct_indices(train: ImageData, x_all: Tensor, net: FlatModel, experts: list[Tensor], ipc: int,
+                    seed: int, pool: int = 20) -> Tensor:
+    """DATM: per class, ``ipc`` random images among a pool that the experts classify correctly."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in train.labels.unique(sorted=True):
+        idx = (train.labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(idx.numel(), generator=gen)[:max(pool * ipc, ipc)]]
+        ok = idx[expert_logits(net, experts, x_all[idx]).argmax(1) == c]
+        rest = idx[~torch.isin(idx, ok)]
+        picks.append(torch.cat([ok, rest])[:ipc])  # top up with misclassified ones if too few are correct
+    return torch.cat(picks)
+
+
+def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) -> tuple[Tensor, Tensor]:
+    """AST representative initialisation: k-means centres, or averages of random groups, per class."""
+    from raydd.quantize.kmeans import kmeans
+
+    gen = torch.Generator().manual_seed(seed)
+    images, ys = [], []
+    for c in labels.unique(sorted=True):
+        xc = x[labels == c]
+        if how == "kmeans":
+            centres = kmeans(xc.flatten(1), ipc, gen).centers.view(ipc, *xc.shape[1:])
+        else:
+            groups = torch.randperm(xc.shape[0], generator=gen) % ipc
+            centres = torch.stack([xc[groups == g].mean(0) for g in range(ipc)])
+        images.append(centres)
+        ys.append(torch.full((ipc,), int(c)))
+    return torch.cat(images), torch.cat(ys)
+
+
+def initial_set(d: dict[str, Any], train: ImageData, spec: DatasetSpec, ipc: int, seed: int, zca: ZCA | None,
+                net: FlatModel, experts: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Images, labels and (DATM) soft-label logits of the synthetic set before distillation."""
+    how = d["init"]
+    if how == "real":
+        idx = random_indices(train.labels, ipc, seed)
+        images, labels = to_model_space(train.images[idx], spec, zca), train.labels[idx]
+    elif how == "correct":
+        x_all = to_model_space(train.images, spec, zca)
+        idx = correct_indices(train, x_all, net, experts, ipc, seed)
+        images, labels = x_all[idx], train.labels[idx]
+    elif how in ("kmeans", "mean"):
+        images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
+    else:
+        raise ValueError(f"unknown distill.init {how!r}; choose real, correct, kmeans or mean")
+    soft = expert_logits(net, experts, images) if d.get("soft_labels") else None
+    return images.contiguous(), labels, soft

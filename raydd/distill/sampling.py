@@ -1,0 +1,48 @@
+"""Which trajectory segment to match: expert, start epoch (DATM window, MCT float epochs), targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Segment:
+    expert: int
+    start: float                # start epoch t
+    target_epochs: list[float]  # epochs whose parameters the student must reach
+    target_steps: list[int]     # after this many inner steps
+    weights: list[float]
+
+
+def start_window(iteration: int, d: dict[str, Any]) -> tuple[float, float]:
+    """[min_start, current_max]: DATM grows current_max from max_start_epoch_init to max_start_epoch."""
+    lo, hi = float(d["min_start_epoch"]), float(d["max_start_epoch"])
+    init, grow = d.get("max_start_epoch_init"), d.get("window_grow_iters") or 0
+    if init is None or grow <= 0:
+        return lo, hi
+    frac = min(1.0, iteration / grow)
+    return lo, max(lo, float(init) + (hi - float(init)) * frac)
+
+
+def sample_segment(iteration: int, experts: list[int], d: dict[str, Any], gen: torch.Generator) -> Segment:
+    """Draw an expert and a start epoch (integer, or float for MCT's continuous sampling) and the targets.
+
+    With ``intermediate_points`` K (AST), the student after ``N·k/(K+1)`` steps is also matched
+    to the expert at ``t + M·k/(K+1)`` with weight ``intermediate_weight``.
+    """
+    lo, hi = start_window(iteration, d)
+    expert = experts[int(torch.randint(len(experts), (1,), generator=gen))]
+    continuous = bool(d.get("continuous_start"))
+    if continuous:
+        start = lo + (hi - lo) * float(torch.rand(1, generator=gen, dtype=torch.float64))
+    else:
+        start = float(int(torch.randint(int(lo), int(hi) + 1, (1,), generator=gen)))
+    n, m, k = d["syn_steps"], d["expert_epochs"], int(d.get("intermediate_points") or 0)
+    fracs = [j / (k + 1) for j in range(1, k + 1)] if d.get("intermediate_weight") else []
+    epochs = [start + (m * f if continuous else round(m * f)) for f in fracs] + [start + m]
+    steps = [max(1, round(n * f)) for f in fracs] + [n]
+    weights = [float(d.get("intermediate_weight") or 0.0)] * len(fracs) + [1.0]
+    return Segment(expert, start, epochs, steps, weights)

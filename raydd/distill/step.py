@@ -1,0 +1,88 @@
+"""One outer iteration of trajectory matching on a worker's shard, with guards and rollback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from raydd.distill.guards import Guard
+from raydd.distill.sampling import Segment
+from raydd.distill.state import ShardState
+from raydd.distill.unroll import Targets, UnrollSpec, plan_steps, unroll_constant_memory, unroll_plain
+from raydd.models.functional import FlatModel
+
+
+@dataclass
+class StepResult:
+    loss: float
+    applied: bool
+    reason: str | None
+
+
+def perturb(theta: Tensor, layout, scale: float, gen: torch.Generator) -> Tensor:
+    """AST weight perturbation: per-parameter Gaussian noise scaled by that parameter's RMS."""
+    if scale <= 0:
+        return theta
+    parts = []
+    for t in layout.unflatten(theta).values():
+        noise = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        parts.append((t + scale * t.pow(2).mean().sqrt() * noise).reshape(-1))
+    return torch.cat(parts)
+
+
+def compute_gradients(state: ShardState, net: FlatModel, start: Tensor, targets: Targets, d: dict[str, Any],
+                      spec: UnrollSpec, gen: torch.Generator) -> float:
+    """Fill ``.grad`` of the shard's images, lr (and soft labels); return the matching loss."""
+    for leaf in state.leaves():
+        leaf.grad = None
+    plan = plan_steps(state.images.shape[0], d["syn_steps"], d.get("batch_syn"), gen)
+    args = (net, state.images, state.labels, state.soft, state.lr, start, plan, targets, spec)
+    if d["unroll"] == "constant_memory":
+        return float(unroll_constant_memory(*args, leaves=state.leaves()))
+    loss = unroll_plain(*args)
+    loss.backward()
+    return float(loss.detach())
+
+
+def segment_targets(store, seg: Segment, start: Tensor) -> Targets:
+    return Targets(start, seg.target_steps, [store.params(seg.expert, e) for e in seg.target_epochs], seg.weights)
+
+
+def grads_finite(state: ShardState) -> bool:
+    return all(leaf.grad is None or bool(torch.isfinite(leaf.grad).all()) for leaf in state.leaves())
+
+
+def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: float, finite: bool, guard: Guard,
+               d: dict[str, Any], iteration: int) -> StepResult:
+    """Step the optimisers unless a guard or DATM's loss threshold says no; roll back a bad lr.
+
+    ``loss`` and ``finite`` must be the same on every worker (all-reduced), so all agree.
+    """
+    reason = guard.check(loss, finite)
+    threshold = d.get("loss_threshold")
+    if reason is None and threshold is not None and loss > threshold:
+        guard.record(None, iteration)
+        return StepResult(loss, False, f"loss {loss:.3f} above threshold {threshold}")
+    if reason is not None:
+        guard.record(reason, iteration)
+        return StepResult(loss, False, reason)
+    backup = [leaf.detach().clone() for leaf in state.leaves()]
+    momenta = {k: {p: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()} for p, s in o.state.items()}
+               for k, o in opts.items()}
+    for opt in opts.values():
+        opt.step()
+    reason = guard.check(loss, True, float(state.lr.detach()))
+    if reason is not None:  # roll the whole step back: images, lr, labels and optimiser momenta
+        with torch.no_grad():
+            for leaf, old in zip(state.leaves(), backup):
+                leaf.copy_(old)
+        for k, opt in opts.items():
+            opt.state.clear()
+            opt.state.update(momenta[k])
+    guard.record(reason, iteration)
+    if reason is None and state.ema is not None:
+        state.ema.mul_(d["ema"]).add_(state.images.detach(), alpha=1 - d["ema"])
+    return StepResult(loss, reason is None, reason)

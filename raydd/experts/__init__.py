@@ -1,0 +1,1 @@
+"""Expert trajectories: training variants (plain MTT, smooth AST), MCT convexification, the Ray stage."""

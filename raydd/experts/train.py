@@ -1,0 +1,110 @@
+"""Expert training as pure functions: ``plain`` (MTT) and ``smooth`` (AST) variants.
+
+Both snapshot the flattened parameters at initialisation and after every epoch, and
+record the epoch's mean cross-entropy and the test accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raydd.data.dsa import DEFAULT_STRATEGY, dsa
+from raydd.evaluate.train import accuracy
+from raydd.models.functional import flatten_params
+
+VARIANTS = ("plain", "smooth")
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """Training hyper-parameters of one expert (the ``experts:`` config keys that shape training)."""
+
+    variant: str = "plain"
+    epochs: int = 30
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    dsa: bool = True
+    dsa_strategy: str = DEFAULT_STRATEGY
+    clip_epochs: int = 0
+    clip_value: float = 1.0
+    gradient_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown experts.variant {self.variant!r}; choose {' or '.join(VARIANTS)}")
+
+    @classmethod
+    def from_config(cls, experts: dict[str, Any]) -> ExpertSpec:
+        return cls(**{f.name: experts[f.name] for f in fields(cls) if f.name in experts})
+
+
+@dataclass
+class ExpertRun:
+    """Snapshots ``(epochs+1)×P`` (float32, CPU) and per-snapshot metrics (no train loss at epoch 0)."""
+
+    snapshots: Tensor
+    train_loss: list[float | None]
+    test_acc: list[float]
+
+
+def clip_loss(loss: Tensor, clip_value: float) -> Tensor:
+    """``loss × min(1, clip_value / loss)``: the value is at most ``clip_value``, the gradient scaled alike."""
+    return loss * (clip_value / loss.detach()).clamp(max=1.0)
+
+
+def gradient_penalty(loss: Tensor, params: list[Tensor]) -> Tensor:
+    """``‖∇_θ loss‖²``, differentiable (double backward)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    return sum(g.square().sum() for g in grads)
+
+
+def objective(loss: Tensor, params: list[Tensor], spec: ExpertSpec, epoch: int) -> Tensor:
+    """The loss to minimise: cross-entropy (plain), clipped early plus a gradient penalty (smooth)."""
+    if spec.variant == "plain":
+        return loss
+    if epoch < spec.clip_epochs:
+        loss = clip_loss(loss, spec.clip_value)
+    if spec.gradient_penalty > 0:
+        loss = loss + spec.gradient_penalty * gradient_penalty(loss, params)
+    return loss
+
+
+def train_expert(model: nn.Module, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor,
+                 spec: ExpertSpec, seed: int,
+                 on_epoch: Callable[[int, float, float], None] | None = None) -> ExpertRun:
+    """SGD for ``spec.epochs`` epochs with a seeded batch order and DSA; ``on_epoch(epoch, loss, acc)`` after each."""
+    gen = torch.Generator().manual_seed(seed)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    snapshots = [flatten_params(model).cpu()]
+    losses: list[float | None] = [None]
+    accs = [accuracy(model, test_images, test_labels)]
+    n = images.shape[0]
+    for epoch in range(spec.epochs):
+        model.train()
+        total = torch.zeros((), device=images.device)
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, spec.batch_size):
+            idx = order[start:start + spec.batch_size].to(images.device)
+            x = images[idx]
+            if spec.dsa:
+                x = dsa(x, seed=int(torch.randint(2**31, (1,), generator=gen)), strategy=spec.dsa_strategy)
+            loss = F.cross_entropy(model(x), labels[idx])
+            total += loss.detach() * idx.numel()
+            opt.zero_grad(set_to_none=True)
+            objective(loss, params, spec, epoch).backward()
+            opt.step()
+        snapshots.append(flatten_params(model).cpu())
+        losses.append(float(total) / n)
+        accs.append(accuracy(model, test_images, test_labels))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1], accs[-1])
+    return ExpertRun(torch.stack(snapshots), losses, accs)

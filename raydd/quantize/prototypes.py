@@ -1,0 +1,47 @@
+"""One class → IPC prototypes: encode, k-means in latent space, decode the centroids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from raydd.data.types import DatasetSpec, normalize
+from raydd.quantize.encoders import Encoder
+from raydd.quantize.kmeans import KMeansSettings, kmeans
+
+ENCODE_CHUNK = 1024
+
+
+@dataclass
+class Prototypes:
+    images: Tensor      # k×C×H×W model space
+    counts: Tensor      # k int64: cluster masses, summing to the class size
+    objective: float    # k-means objective in latent space
+    iterations: int
+    minibatch: bool
+
+
+def encode_images(encoder: Encoder, images: Tensor, spec: DatasetSpec, chunk: int = ENCODE_CHUNK) -> Tensor:
+    """Latents of uint8 images, normalised and encoded ``chunk`` at a time."""
+    with torch.no_grad():
+        return torch.cat([encoder.encode(normalize(images[s:s + chunk], spec)) for s in range(0, images.shape[0], chunk)])
+
+
+def clamp_to_pixels(x: Tensor, spec: DatasetSpec) -> Tensor:
+    """Clamp model-space images to what real pixels can be (decoders may overshoot)."""
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return torch.maximum(torch.minimum(x, (1 - mean) / std), -mean / std)
+
+
+def quantize_class(images: Tensor, spec: DatasetSpec, encoder: Encoder, k: int, settings: KMeansSettings,
+                   gen: torch.Generator) -> Prototypes:
+    """The ``k`` k-means centroids of one class's uint8 ``images`` in ``encoder``'s latent space, decoded."""
+    latents = encode_images(encoder, images, spec)
+    result = kmeans(latents, k, gen, settings)
+    with torch.no_grad():
+        decoded = clamp_to_pixels(encoder.decode(result.centers), spec)
+    return Prototypes(decoded, result.counts, result.objective, result.iterations,
+                      settings.batch_size is not None and images.shape[0] > settings.batch_size)
