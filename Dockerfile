@@ -31,6 +31,10 @@ RUN pip install /tmp/raydd-src \
     && pip check \
     && rm -rf /tmp/raydd-src
 
+# The Hydra configs the package was built with (raydd looks here first).
+COPY configs /opt/raydd/configs
+ENV RAYDD_CONFIG_DIR=/opt/raydd/configs
+
 RUN useradd --uid 1000 --user-group --create-home --shell /bin/bash raydd
 USER 1000:1000
 WORKDIR /home/raydd

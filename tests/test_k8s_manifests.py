@@ -20,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from raydd.config import compose, validate
+
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 CRD_DIR = Path(os.environ.get("RAYDD_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds"))
@@ -219,7 +221,11 @@ def _assert_rayjob(doc: dict, stage: str) -> None:
     program, command, *overrides = spec["entrypoint"].split()
     assert (program, command) == ("raydd", stage)
     assert all(re.fullmatch(r"[A-Za-z_][\w.]*=\S+", o) for o in overrides), overrides
-    assert dict(o.split("=", 1) for o in overrides)["storage.root"].startswith("s3://")
+    # Every node must reach the data and the runs: object storage, never a local path.
+    values = dict(o.split("=", 1) for o in overrides)
+    assert values["storage.root"].startswith("s3://") and values["dataset.uri"].startswith("s3://")
+    # The overrides compose with raydd's own configs and pass its pre-flight checks.
+    validate(compose(overrides), stage)
 
 
 def _dockerfile_ray_version() -> str:
@@ -297,6 +303,12 @@ def test_expected_manifests_exist():
     expected |= {f"rayjob-{stage}.yaml" for stage in STAGES}
     assert expected <= {p.name for p in base.iterdir()}
     assert OVERLAYS
+
+
+@pytest.mark.parametrize("path", sorted({p for p, _ in DOCUMENTS}), ids=lambda p: str(p.relative_to(K8S)))
+def test_first_line_is_the_launch_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# EXAMPLE ONLY" if path == EXAMPLE_SECRET else "# kubectl "), first
 
 
 @pytest.mark.parametrize("item", KUSTOMIZATIONS, ids=_id)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.fs as pafs
 import ray
 import torch
@@ -50,7 +52,7 @@ def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref) -> Torc
     return TorchTrainer(
         train_fn,
         train_loop_config={"cfg": cfg, "store": store_uri, "init": init_ref, "test": test_ref,
-                           "threads": max(1, int(d["cpus_per_worker"]))},
+                           "threads": max(1, int(d["cpus_per_worker"])), "local": workers == 0},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": d["cpus_per_worker"],
@@ -63,14 +65,15 @@ def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref) -> Torc
     )
 
 
-def assemble(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
-    """The whole set from every rank's checkpointed shard, in global order."""
+def assemble(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float, list[dict]]:
+    """The whole set from every rank's checkpointed shard, in global order, and rank 0's metrics history."""
     shards = load_all_shards(path)
+    history = json.loads((path / "rank0.json").read_text()).get("history", [])
     order = torch.argsort(torch.cat([s["index"] for s in shards]))
     images = torch.cat([s.get("ema", s["images"]) for s in shards])[order]
     labels = torch.cat([s["labels"] for s in shards])[order]
     soft = torch.cat([s["soft"] for s in shards])[order] if "soft" in shards[0] else None
-    return images, labels, soft, float(shards[0]["lr"][0])
+    return images, labels, soft, float(shards[0]["lr"][0]), history
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -92,18 +95,17 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as path:
-        images, labels, soft, lr = assemble(Path(path))
-    history = result.metrics_dataframe
+        images, labels, soft, lr, history = assemble(Path(path))
     meta = {"method": cfg["method"]["name"], "ipc": cfg["ipc"], "dataset": spec.name, "model": cfg["model"],
             "workers": cfg["workers"], "iterations": d["iterations"], "syn_steps": d["syn_steps"],
             "expert_epochs": d["expert_epochs"], "experts": experts_location(cfg).uri,
-            "rejected_steps": int(result.metrics.get("rejected", 0)), "wall_s": round(time.time() - tic, 1),
-            "final_loss": result.metrics.get("loss")}
+            "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
+            "final_loss": history[-1]["loss"] if history else None}
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)
     loc = set_location(cfg)
     save_set(ds, loc, spec)
-    if history is not None and len(history):
-        loc.join("distill_metrics.csv").write_bytes_atomic(history.to_csv(index=False).encode())
+    if history:
+        loc.join("distill_metrics.csv").write_bytes_atomic(pd.DataFrame(history).to_csv(index=False).encode())
     print(f"distilled {cfg['method']['name']} ipc={cfg['ipc']} ({len(ds)} images, lr={lr:.4g}) → {loc.uri} "
           f"in {meta['wall_s']} s; final loss {meta['final_loss']}")
     return {"set": loc.uri, **meta}

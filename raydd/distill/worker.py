@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +72,19 @@ def fast_eval(cfg: dict[str, Any], images, labels, soft, lr: float, test) -> flo
     return accuracy(model, *test)
 
 
+def report_checkpoint(metrics: dict[str, Any], state: ShardState, opts, gen: torch.Generator, rank: int,
+                      extra: dict[str, Any], keep_local: bool) -> None:
+    """Report with this rank's shard checkpoint; Ray uploads it (and we drop the local copy) unless in local mode."""
+    tmp = Path(tempfile.mkdtemp(prefix="raydd-ckpt-"))
+    save_shard(tmp, rank, state, opts, gen, extra)
+    previous = ray.train.get_checkpoint()
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+    if not keep_local:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif previous is not None and Path(previous.path).name.startswith("raydd-ckpt-"):
+        shutil.rmtree(previous.path, ignore_errors=True)  # local mode keeps only the newest checkpoint on disk
+
+
 def train_fn(config: dict[str, Any]) -> None:
     """Worker loop: sample a segment, unroll, match, step (guarded); report metrics and checkpoints."""
     cfg, d = config["cfg"], config["cfg"]["distill"]
@@ -81,10 +95,11 @@ def train_fn(config: dict[str, Any]) -> None:
     net = FlatModel(build_model(cfg["model"], dataset_spec(cfg["dataset"])))
     guard = Guard(d["guard_max_lr"], d["guard_patience"])
     checkpoint = ray.train.get_checkpoint()
+    history: list[dict[str, Any]] = []
     if checkpoint:
         with checkpoint.as_directory() as path:
             state, opts, gen, info = load_shard(Path(path), rank, d)
-        guard.total = info.get("rejected", 0)
+        guard.total, history = info.get("rejected", 0), info.get("history", [])
     else:
         state = fresh_state(ray.get(config["init"]), d, rank, world)
         opts = make_optimizers(state, d)
@@ -110,9 +125,10 @@ def train_fn(config: dict[str, Any]) -> None:
             images, labels, soft = gather_set(state, world)
             if rank == 0 and test is not None:
                 metrics["eval_acc"] = fast_eval(cfg, images, labels, soft, float(state.lr.detach()), test)
+        history.append(metrics)
         if state.iteration % d["checkpoint_every"] == 0 or last:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_shard(Path(tmp), rank, state, opts, gen, {"rejected": guard.total, "world": world})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
+            report_checkpoint(metrics, state, opts, gen, rank,
+                              {"rejected": guard.total, "world": world, **({"history": history} if rank == 0 else {})},
+                              keep_local=config["local"])
+        elif state.iteration % d["log_every"] == 0 or "eval_acc" in metrics:
             ray.train.report(metrics)

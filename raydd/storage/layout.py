@@ -22,7 +22,8 @@ def experts_location(cfg: dict[str, Any]) -> Location:
     e = cfg["experts"]
     if e.get("store"):
         return resolve(e["store"], cfg["storage"].get("endpoint_url"))
-    tag = f"{cfg['dataset']['name']}-{model_tag(cfg['model'])}-{e['variant']}{'-zca' if cfg.get('zca') else ''}"
+    tag = "-".join([cfg["dataset"]["name"], model_tag(cfg["model"]), e["variant"], *(["convex"] if e["form"] == "convex" else []),
+                    *(["zca"] if cfg.get("zca") else [])])
     return root(cfg).join("experts", tag)
 
 
