@@ -31,10 +31,10 @@ RUN pip install /tmp/raydd-src \
     && pip check \
     && rm -rf /tmp/raydd-src
 
-# The Hydra configs the package was built with (raydd looks here first).
-COPY configs /opt/raydd/configs
-ENV RAYDD_CONFIG_DIR=/opt/raydd/configs
-
 RUN useradd --uid 1000 --user-group --create-home --shell /bin/bash raydd
+
+# The Hydra configs, found as ./configs from the working directory. A job submitted with
+# `ray job submit --working-dir .` runs in its own uploaded directory and uses its configs.
+COPY --chown=1000:1000 configs /opt/raydd/configs
 USER 1000:1000
-WORKDIR /home/raydd
+WORKDIR /opt/raydd

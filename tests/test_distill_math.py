@@ -71,6 +71,8 @@ def test_segments_respect_window_and_intermediate_points():
         assert seg.expert in (3, 4)
         assert seg.target_epochs == [seg.start + 1, seg.start + 2] and seg.target_steps == [6, 12]
         assert seg.weights == [0.5, 1.0]
+    seg = sample_segment(0, [0], {**D, "expert_epochs": 1}, gen)  # no integer epoch strictly inside: final target only
+    assert seg.target_epochs == [seg.start + 1] and seg.target_steps == [12]
     seg = sample_segment(0, [0], {**D, "continuous_start": True, "window_grow_iters": 0}, gen)
     assert seg.start != int(seg.start) and seg.target_epochs[-1] == pytest.approx(seg.start + 2)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from raydd.data.parquet import write_split, write_shard
+from raydd.data.parquet import write_shard, write_split
 from raydd.data.registry import DATASETS, load_split
 from raydd.data.sources import decode_images
 from raydd.data.types import DatasetSpec, ImageData

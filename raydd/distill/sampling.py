@@ -42,7 +42,9 @@ def sample_segment(iteration: int, experts: list[int], d: dict[str, Any], gen: t
         start = float(int(torch.randint(int(lo), int(hi) + 1, (1,), generator=gen)))
     n, m, k = d["syn_steps"], d["expert_epochs"], int(d.get("intermediate_points") or 0)
     fracs = [j / (k + 1) for j in range(1, k + 1)] if d.get("intermediate_weight") else []
-    epochs = [start + (m * f if continuous else round(m * f)) for f in fracs] + [start + m]
-    steps = [max(1, round(n * f)) for f in fracs] + [n]
-    weights = [float(d.get("intermediate_weight") or 0.0)] * len(fracs) + [1.0]
+    inner = sorted({(m * f if continuous else float(int(m * f + 0.5)), max(1, int(n * f + 0.5))) for f in fracs})
+    inner = [(e, s) for e, s in inner if 0 < e < m and s < n]  # a point on the segment's start or end adds nothing
+    epochs = [start + e for e, _ in inner] + [start + m]
+    steps = [s for _, s in inner] + [n]
+    weights = [float(d["intermediate_weight"])] * len(inner) + [1.0]
     return Segment(expert, start, epochs, steps, weights)

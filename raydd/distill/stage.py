@@ -45,7 +45,9 @@ def open_store(cfg: dict[str, Any]) -> TrajectoryStore:
     return store
 
 
-def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref) -> TorchTrainer:
+def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbacks: list | None = None,
+                name: str | None = None) -> TorchTrainer:
+    """The run's trainer; a fixed ``name`` resumes that run's checkpoints (Tune trials), else a unique one."""
     d, workers = cfg["distill"], cfg["workers"]
     storage = root(cfg).join("train")
     use_gpu = d["gpus_per_worker"] > 0
@@ -57,11 +59,11 @@ def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref) -> Torc
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": d["cpus_per_worker"],
                                                            **({"GPU": d["gpus_per_worker"]} if use_gpu else {})}),
-        run_config=RunConfig(name=f"{run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        run_config=RunConfig(name=name or f"{run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
                              storage_path=storage.path,
                              storage_filesystem=None if isinstance(storage.fs, pafs.LocalFileSystem) else storage.fs,
                              failure_config=FailureConfig(max_failures=d["max_failures"]),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
 
 
@@ -76,7 +78,8 @@ def assemble(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     return images, labels, soft, float(shards[0]["lr"][0]), history
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
+def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
+    """Distil; ``callbacks`` go to the trainer's RunConfig and ``train_name`` fixes its run name (``raydd tune``)."""
     check_reachable(root(cfg))
     store = open_store(cfg)
     init_ray(cfg)
@@ -91,7 +94,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     test_ref = ray.put((to_model_space(test_small.images, spec, zca), test_small.labels)) if d["eval_every"] else None
     init_ref = ray.put({"images": images, "labels": labels, "soft": soft})
     tic = time.time()
-    result = trainer_for(cfg, store_uri=experts_location(cfg).uri, init_ref=init_ref, test_ref=test_ref).fit()
+    result = trainer_for(cfg, store_uri=experts_location(cfg).uri, init_ref=init_ref, test_ref=test_ref,
+                         callbacks=callbacks, name=train_name).fit()
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as path:

@@ -41,7 +41,8 @@ def train_on_set(model: nn.Module, images: Tensor, labels: Tensor, spec: TrainSp
     """SGD with momentum, lr ×0.1 at half the epochs, DSA on every batch (the MTT/DATM protocol)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [spec.epochs // 2], gamma=0.1)
+    # Milestone at least 1: a milestone of 0 would decay the lr before the first epoch.
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, spec.epochs // 2)], gamma=0.1)
     n = images.shape[0]
     model.train()
     for epoch in range(spec.epochs):

@@ -69,7 +69,7 @@ def convexify(snapshots: Tensor, epochs: list[float], points: int) -> ConvexTraj
     clipped to [0, 1] and made monotone non-decreasing.
     """
     if snapshots.dim() != 2 or snapshots.shape[0] != len(epochs):
-        raise ValueError(f"snapshots must be rows×P with one row per epoch, got {tuple(snapshots.shape)} for {len(epochs)} epochs")
+        raise ValueError(f"snapshots must be rows×P, one row per epoch: got {tuple(snapshots.shape)} for {len(epochs)} epochs")
     if epochs[0] != 0:
         raise ValueError(f"the first snapshot must be epoch 0, got {epochs[0]}")
     index = knot_rows(len(epochs), points)

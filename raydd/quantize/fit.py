@@ -41,7 +41,7 @@ def train_autoencoder(x: torch.Tensor, spec: DatasetSpec, latent_dim: int, epoch
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * idx.numel()
+            total += loss.item() * idx.numel()
         mse = total / x.shape[0]
     return model.eval(), mse
 

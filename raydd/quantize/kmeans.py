@@ -50,28 +50,31 @@ def nearest(x: Tensor, centers: Tensor, chunk: int = CHUNK) -> tuple[Tensor, Ten
 def kmeans_pp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
     """k-means++ seeding: each new center is a data point drawn with probability ∝ D(x)²."""
     n = x.shape[0]
-    centers = [x[int(torch.randint(n, (1,), generator=gen))]]
-    d2 = (x - centers[0]).square().sum(1)
+    sq = x.square().sum(1)
+    chosen = [int(torch.randint(n, (1,), generator=gen))]
+    d2 = (sq - 2 * (x @ x[chosen[0]]) + sq[chosen[0]]).clamp_(min=0)
     for _ in range(1, k):
         weights = d2.double()
         if weights.sum() <= 0:  # fewer distinct points than k: any point will do
             weights = torch.ones_like(weights)
-        centers.append(x[int(torch.multinomial(weights, 1, generator=gen))])
-        d2 = torch.minimum(d2, (x - centers[-1]).square().sum(1))
-    return torch.stack(centers)
+        chosen.append(int(torch.multinomial(weights, 1, generator=gen)))
+        d2 = torch.minimum(d2, (sq - 2 * (x @ x[chosen[-1]]) + sq[chosen[-1]]).clamp_(min=0))
+    return x[chosen]
 
 
-def partition_stats(x: Tensor, assign: Tensor, k: int, chunk: int = CHUNK) -> tuple[Tensor, Tensor, float]:
-    """Means (empty clusters: NaN rows), counts and objective of the partition ``assign`` (float64 sums)."""
+def partition_stats(x: Tensor, assign: Tensor, k: int, sq_total: float | None = None) -> tuple[Tensor, Tensor, float]:
+    """Means (empty clusters: NaN rows), counts and objective of the partition ``assign``.
+
+    The objective is Σ‖x‖² − Σ_j ‖S_j‖²/n_j (S_j: the sum of cluster j) in float64;
+    ``sq_total`` (Σ‖x‖²) may be passed when it is known.
+    """
     counts = torch.bincount(assign, minlength=k)
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float64)
-    for start in range(0, x.shape[0], chunk):
-        sums.index_add_(0, assign[start:start + chunk], x[start:start + chunk].double())
-    means = sums / counts.unsqueeze(1)
-    objective = 0.0
-    for start in range(0, x.shape[0], chunk):
-        objective += float((x[start:start + chunk].double() - means[assign[start:start + chunk]]).square().sum())
-    return means.to(x.dtype), counts, objective
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, assign, x)
+    if sq_total is None:
+        sq_total = float(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2)
+    nonempty = counts > 0
+    between = (sums[nonempty].double().square().sum(1) / counts[nonempty]).sum()
+    return sums / counts.unsqueeze(1), counts, max(0.0, sq_total - float(between))
 
 
 def _fill_empty(assign: Tensor, dist: Tensor, k: int) -> Tensor:
@@ -96,12 +99,13 @@ def lloyd(x: Tensor, k: int, gen: torch.Generator, max_iters: int = 100, tol: fl
     """k-means++ then Lloyd iterations until the assignment stops changing, the objective
     decreases by less than ``tol`` (relative), or ``max_iters``."""
     centers = kmeans_pp(x, k, gen)
+    sq_total = float(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2)
     previous: Tensor | None = None
     history: list[float] = []
     for _ in range(max_iters):
         assign, dist = nearest(x, centers)
         assign = _fill_empty(assign, dist, k)
-        means, counts, objective = partition_stats(x, assign, k)
+        means, counts, objective = partition_stats(x, assign, k, sq_total)
         centers = torch.where(counts.unsqueeze(1) > 0, means, centers)
         history.append(objective)
         if previous is not None and torch.equal(assign, previous):
@@ -117,7 +121,7 @@ def minibatch(x: Tensor, k: int, gen: torch.Generator, batch_size: int, max_iter
     """Mini-batch k-means (Sculley 2010): each step moves the centers of a random batch's points
     toward them with per-center rate 1/count; stops when the centers move less than ``tol``
     (relative squared shift) or after ``max_iters`` steps. A final pass over all points (in
-    chunks) sets each center to the mean of the points nearest to it."""
+    chunks) sets each center to the mean of the points nearest to it (empty clusters refilled)."""
     centers = kmeans_pp(x, k, gen)
     seen = torch.zeros(k, dtype=x.dtype)
     steps = 0

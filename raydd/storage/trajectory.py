@@ -333,6 +333,14 @@ class TrajectoryStore:
                 self._cache.put(("convex", expert_id), cached, cached.nbytes)
         return cached
 
+    def shard_meta(self, expert_id: int) -> dict[str, Any]:
+        """The shard's schema metadata (store meta plus seed, row epochs, checksum); reads the footer only."""
+        try:
+            return self._reader(expert_id)[1]
+        except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+            self._drop_reader(expert_id)
+            raise _corrupt(self.shard_uri(expert_id), f"{type(e).__name__}: {e}") from e
+
     def metrics(self, expert_id: int) -> dict[str, list[float | None]]:
         """``epoch``, ``train_loss`` and ``test_acc`` of the saved points (reads only those columns)."""
         path = self.loc.join(self._entry(expert_id)["file"]).path
@@ -402,7 +410,8 @@ class TrajectoryStore:
             self._drop_reader(expert_id)
             raise _corrupt(uri, f"{type(e).__name__}: {e}") from e
         if values is None or values.size != self.layout.numel:
-            raise _corrupt(uri, f"epoch {epoch:g} has {0 if values is None else values.size} params, layout needs {self.layout.numel}")
+            count = 0 if values is None else values.size
+            raise _corrupt(uri, f"epoch {epoch:g} has {count} params, the layout needs {self.layout.numel}")
         return _as_tensor(values)
 
     def _drop_reader(self, expert_id: int) -> None:

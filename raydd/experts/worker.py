@@ -1,0 +1,62 @@
+"""One expert, as the body of a Ray task: train on (whitened) real data, then commit its shard."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from raydd.data.types import DatasetSpec, ImageData, normalize
+from raydd.data.zca import ZCA
+from raydd.experts.convex import convexify, knot_rows
+from raydd.experts.train import ExpertRun, ExpertSpec, train_expert
+from raydd.models.registry import build_model
+from raydd.storage.fs import resolve
+from raydd.storage.trajectory import ShardRows, write_shard
+
+
+def expert_seed(seed: int, expert_id: int) -> int:
+    return seed * 100003 + expert_id
+
+
+def model_inputs(data: ImageData, spec: DatasetSpec, zca: ZCA | None, device: torch.device) -> Tensor:
+    """uint8 images → normalised (and whitened) float32 on ``device``."""
+    x = normalize(data.images, spec)
+    return (zca.transform(x) if zca is not None else x).to(device)
+
+
+def shard_rows(expert_id: int, run: ExpertRun, form: str, points: int) -> ShardRows:
+    """Every snapshot (full form), or θ_start, the α knots and θ_end (convex form)."""
+    epochs = [float(e) for e in range(run.snapshots.shape[0])]
+    if form == "full":
+        return ShardRows(expert_id, epochs, list(run.snapshots), [None] * len(epochs), run.train_loss, run.test_acc)
+    traj = convexify(run.snapshots, epochs, points)
+    index = [0, *knot_rows(len(epochs), points), len(epochs) - 1]
+    return ShardRows(expert_id, [epochs[i] for i in index], [traj.start, *[None] * points, traj.end],
+                     [0.0, *traj.knot_alphas, 1.0], [run.train_loss[i] for i in index], [run.test_acc[i] for i in index])
+
+
+def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoint_url: str | None,
+                     spec: DatasetSpec, train: ImageData, test: ImageData, zca: ZCA | None,
+                     meta: dict[str, Any], progress: Any = None) -> dict[str, Any]:
+    """Train expert ``expert_id`` with its own seed, write its shard; returns the manifest entry and stats."""
+    e = cfg["experts"]
+    seed = expert_seed(cfg["seed"], expert_id)
+    torch.set_num_threads(max(1, int(e["cpus_per_expert"])))
+    device = torch.device("cuda" if e["gpus_per_expert"] > 0 and torch.cuda.is_available() else "cpu")
+    started = time.time()
+    torch.manual_seed(seed)
+    model = build_model(cfg["model"], spec).to(device)
+    pid = os.getpid()
+    report = None if progress is None else (lambda epoch, loss, acc: progress.report.remote(expert_id, epoch, pid))
+    if progress is not None:
+        progress.report.remote(expert_id, 0, pid)
+    run = train_expert(model, model_inputs(train, spec, zca, device), train.labels.to(device),
+                       model_inputs(test, spec, zca, device), test.labels.to(device),
+                       ExpertSpec.from_config(e), seed, report)
+    rows = shard_rows(expert_id, run, e["form"], e["convex_points"])
+    entry = write_shard(resolve(store_uri, endpoint_url), rows, {**meta, "seed": seed}, e["dtype"])
+    return {"entry": entry, "test_acc": run.test_acc[-1], "seconds": time.time() - started}

@@ -1,0 +1,135 @@
+"""``raydd quantize method=ddoq|d4m``: k-means prototypes per class, one Ray task per group of classes.
+
+1. survey: one task per CPU reads its share of classes, counts them (IPC check) and samples
+   images for fitting the encoder;
+2. the driver builds the encoder once (PCA fit, autoencoder training, VAE load) and puts its
+   state in the object store;
+3. quantize: tasks read only their classes, encode, run k-means (k = IPC) and decode;
+4. the driver writes the set: DDOQ keeps the cluster masses as per-sample weights, D4M does not.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+import torch
+
+from raydd.config import QUANTIZE_METHODS, ConfigError
+from raydd.data.registry import dataset_spec, load_split
+from raydd.data.types import DatasetSpec, ImageData, normalize
+from raydd.quantize.encoders import ENCODERS, EncoderState, check_vae, restore
+from raydd.quantize.fit import build_encoder, needs_sample
+from raydd.quantize.kmeans import KMeansSettings
+from raydd.quantize.prototypes import Prototypes, quantize_class
+from raydd.runtime import init_ray
+from raydd.storage.distilled import DistilledSet, save_set
+from raydd.storage.layout import model_tag, set_location
+
+
+def check_config(cfg: dict[str, Any], spec: DatasetSpec) -> None:
+    """Everything that can be checked before reading data."""
+    q = cfg["quantize"]
+    if cfg["method"]["name"] not in QUANTIZE_METHODS:
+        raise ConfigError(f"method {cfg['method']['name']!r} does not quantize; choose one of {', '.join(QUANTIZE_METHODS)}")
+    if q["encoder"] not in ENCODERS:
+        raise ConfigError(f"unknown quantize.encoder {q['encoder']!r}; choose one of {', '.join(ENCODERS)}")
+    for key in ("latent_dim", "max_iters", "restarts", "classes_per_task", "fit_samples", "ae_epochs"):
+        if not isinstance(q[key], int) or q[key] <= 0:
+            raise ConfigError(f"quantize.{key} must be a positive integer, got {q[key]!r}")
+    if q["batch_size"] is not None and (not isinstance(q["batch_size"], int) or q["batch_size"] <= 0):
+        raise ConfigError(f"quantize.batch_size must be null or a positive integer, got {q['batch_size']!r}")
+    if q["tol"] < 0 or q["cpus_per_task"] <= 0:
+        raise ConfigError("quantize.tol must be >= 0 and quantize.cpus_per_task > 0")
+    dim = spec.channels * spec.image_size ** 2
+    if q["encoder"] == "pca" and q["latent_dim"] > dim:
+        raise ConfigError(f"quantize.latent_dim={q['latent_dim']} exceeds the image dimension {dim} of {spec.name}")
+    if q["encoder"] == "autoencoder" and spec.image_size % 4:
+        raise ConfigError(f"quantize.encoder=autoencoder needs an image size divisible by 4, got {spec.image_size}")
+    if q["encoder"] == "vae":
+        check_vae(q["vae_path"])
+
+
+def check_ipc(sizes: dict[int, int], ipc: int) -> None:
+    for c, n in sorted(sizes.items()):
+        if n < ipc:
+            raise ValueError(f"class {c} has {n} training images, fewer than ipc={ipc}")
+
+
+def class_groups(num_classes: int, per_task: int) -> list[list[int]]:
+    return [list(range(s, min(s + per_task, num_classes))) for s in range(0, num_classes, per_task)]
+
+
+@ray.remote
+def survey(ds_cfg: dict[str, Any], classes: list[int], per_class: int, seed: int) -> tuple[dict[int, int], ImageData | None]:
+    """Class sizes of ``classes`` and up to ``per_class`` random images of each (for fitting the encoder)."""
+    data = load_split(ds_cfg, "train", classes=classes)
+    sizes = {c: int((data.labels == c).sum()) for c in classes}
+    if not per_class:
+        return sizes, None
+    gen = torch.Generator().manual_seed(seed)
+    picks = [idx[torch.randperm(idx.numel(), generator=gen)[:per_class]]
+             for c in classes for idx in [(data.labels == c).nonzero().flatten()]]
+    return sizes, data.subset(torch.cat(picks))
+
+
+@ray.remote
+def quantize_classes(ds_cfg: dict[str, Any], spec: DatasetSpec, classes: list[int], state: EncoderState,
+                     settings: KMeansSettings, ipc: int, seed: int) -> dict[int, Prototypes]:
+    """Read only ``classes``, then quantize each with its own seeded generator."""
+    data = load_split(ds_cfg, "train", classes=classes)
+    encoder = restore(state, spec)
+    return {c: quantize_class(data.images[data.labels == c], spec, encoder, ipc, settings,
+                              torch.Generator().manual_seed(seed * 1_000_003 + c))
+            for c in classes}
+
+
+def assemble(protos: dict[int, Prototypes], weighted: bool, meta: dict[str, Any]) -> DistilledSet:
+    classes = sorted(protos)
+    images = torch.cat([protos[c].images for c in classes])
+    labels = torch.cat([torch.full((protos[c].images.shape[0],), c, dtype=torch.long) for c in classes])
+    weights = torch.cat([protos[c].counts for c in classes]).float() if weighted else None
+    return DistilledSet(images, labels, weights=weights, meta=meta)
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    start = time.time()
+    q, method, ipc = cfg["quantize"], cfg["method"]["name"], cfg["ipc"]
+    spec = dataset_spec(cfg["dataset"])
+    check_config(cfg, spec)
+    init_ray(cfg)
+    per_class = -(-q["fit_samples"] // spec.num_classes) if needs_sample(cfg) else 0
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    surveyed = ray.get([survey.remote(cfg["dataset"], g, per_class, cfg["seed"])
+                        for g in class_groups(spec.num_classes, -(-spec.num_classes // cpus))])
+    sizes = {c: n for s, _ in surveyed for c, n in s.items()}
+    check_ipc(sizes, ipc)
+    sample = normalize(torch.cat([d.images for _, d in surveyed]), spec) if per_class else None
+    t_survey = time.time()
+
+    encoder = build_encoder(cfg, spec, sample)
+    state = ray.put(encoder.state())
+    t_encoder = time.time()
+
+    settings = KMeansSettings(q["max_iters"], q["tol"], q["batch_size"], q["restarts"])
+    task = quantize_classes.options(num_cpus=q["cpus_per_task"])
+    refs = [task.remote(cfg["dataset"], spec, g, state, settings, ipc, cfg["seed"])
+            for g in class_groups(spec.num_classes, q["classes_per_task"])]
+    protos = {c: p for part in ray.get(refs) for c, p in part.items()}
+    t_kmeans = time.time()
+
+    meta = {"method": method, "ipc": ipc, "dataset": spec.name, "encoder": q["encoder"],
+            "latent_dim": None if q["encoder"] == "pixel" else q["latent_dim"], "model": model_tag(cfg["model"]),
+            "seed": cfg["seed"], "class_sizes": {str(c): sizes[c] for c in sorted(sizes)},
+            "objective": {str(c): protos[c].objective for c in sorted(protos)},
+            "iterations": {str(c): protos[c].iterations for c in sorted(protos)},
+            "minibatch_classes": [c for c in sorted(protos) if protos[c].minibatch]}
+    ds = assemble(protos, weighted=method == "ddoq", meta=meta)
+    ds.meta["wall_s"] = {"survey": round(t_survey - start, 2), "encoder": round(t_encoder - t_survey, 2),
+                         "kmeans": round(t_kmeans - t_encoder, 2), "total": round(time.time() - start, 2)}
+    loc = set_location(cfg)
+    save_set(ds, loc, spec)
+    print(f"{method} ipc={ipc} encoder={q['encoder']} on {spec.name}: {len(ds)} images → {loc.uri} "
+          f"({ds.meta['wall_s']['total']:.1f} s)")
+    return {"set": loc.uri, **ds.meta}

@@ -1,0 +1,123 @@
+"""Distillation on Ray Train (real Ray, CPU, tiny): each method, sharding, resume after a killed worker."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from raydd.config import compose
+from raydd.distill import stage as distill_stage
+from raydd.experts import stage as experts_stage
+from raydd.storage.distilled import load_set
+from raydd.storage.layout import set_location
+
+TINY = ["dataset=digits", "model.width=8", "model.depth=2", "experts.num=2", "experts.epochs=4", "experts.batch_size=64", "experts.lr=0.05",
+        "distill.syn_steps=6", "distill.expert_epochs=1", "distill.max_start_epoch=2", "distill.lr_img=100",
+        "distill.eval_every=0", "distill.checkpoint_every=10", "evaluate.num_models=1", "evaluate.epochs=20"]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def config(tmp: Path, *extra: str) -> dict:
+    return compose([*TINY, f"storage.root={tmp}", *extra])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("distill")
+    for method in ("mtt", "ast", "mct"):  # plain, smooth and convex expert stores
+        experts_stage.run(config(tmp, f"method={method}"))
+    return tmp
+
+
+def losses(cfg: dict) -> list[float]:
+    return pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)["loss"].tolist()
+
+
+@pytest.mark.parametrize("method", ["mtt", "datm", "ast", "mct"])
+def test_matching_loss_goes_down(root, method):
+    extra = ["distill.window_grow_iters=20", "distill.max_start_epoch_init=1", "distill.loss_threshold=100"] if method == "datm" else []
+    cfg = config(root, f"method={method}", "ipc=2", "distill.iterations=40", "workers=1", *extra)
+    distill_stage.run(cfg)
+    curve = losses(cfg)
+    assert len(curve) == 40
+    assert sum(curve[-10:]) / 10 < 0.97 * sum(curve[:10]) / 10, curve
+    ds = load_set(set_location(cfg))
+    assert ds.images.shape == (20, 1, 8, 8) and torch.isfinite(ds.images).all()
+    assert ds.lr is not None and ds.lr > 0
+    assert (ds.soft_labels is not None) == (method == "datm")
+
+
+def test_two_workers_follow_sharding_and_update_every_image(root):
+    cfg = config(root, "method=mtt", "ipc=3", "distill.iterations=4", "workers=2")
+    init_cfg = config(root, "method=mtt", "ipc=3", "distill.iterations=0", "workers=1", "run_name=init-only")
+    distill_stage.run(init_cfg)
+    distill_stage.run(cfg)
+    before, after = load_set(set_location(init_cfg)), load_set(set_location(cfg))
+    assert torch.equal(before.labels, after.labels)
+    changed = (after.images - before.images).flatten(1).abs().amax(1) > 0
+    assert changed.all(), "every image is owned by some worker and updated"
+    assert after.meta["workers"] == 2
+
+
+def test_killed_worker_resumes_from_checkpoint(root):
+    cfg = config(root, "method=mtt", "ipc=2", "distill.iterations=60", "distill.checkpoint_every=5", "workers=2",
+                 "distill.max_failures=2", "run_name=killed")
+    train_dir = Path(root) / "train"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            if list(train_dir.glob("killed-*/checkpoint_*")):
+                from ray.util.state import list_actors
+
+                for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+                    os.kill(actor.pid, signal.SIGKILL)
+                    killed.append(actor.pid)
+                    break
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    distill_stage.run(cfg)
+    thread.join()
+    assert killed, "the test killed a worker"
+    curve = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)
+    assert curve["iteration"].max() == 60
+    ds = load_set(set_location(cfg))
+    assert ds.images.shape[0] == 20 and torch.isfinite(ds.images).all()
+
+
+def test_thousand_class_stand_in_goes_through_experts_and_distill(tmp_path, ray_session):
+    from raydd.data.parquet import write_split
+    from raydd.data.types import ImageData
+    from raydd.storage.fs import resolve
+
+    gen = torch.Generator().manual_seed(0)
+    n_cls = 1000
+    for split, per in (("train", 3), ("test", 1)):
+        labels = torch.arange(n_cls).repeat_interleave(per)
+        images = (torch.rand(labels.numel(), 3, 4, 4, generator=gen) * 255).to(torch.uint8)
+        write_split(ImageData(images, labels), resolve(str(tmp_path / "data")), split, n_cls, rows_per_shard=1000)
+    cfg = compose([f"storage.root={tmp_path}", "dataset=parquet", f"dataset.uri={tmp_path / 'data'}",
+                   "model.width=4", "model.depth=2", "experts.num=2", "experts.epochs=2", "experts.dsa=false",
+                   "distill.syn_steps=2", "distill.expert_epochs=1", "distill.max_start_epoch=1", "distill.iterations=2",
+                   "distill.eval_every=0", "distill.dsa=false", "ipc=1", "workers=2"])
+    experts_stage.run(cfg)
+    distill_stage.run(cfg)
+    ds = load_set(set_location(cfg))
+    assert ds.images.shape == (1000, 3, 4, 4)
+    assert torch.equal(ds.labels, torch.arange(1000))

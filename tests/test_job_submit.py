@@ -1,0 +1,61 @@
+"""`ray job submit` of a small `raydd pipeline` against a head node this test starts on loopback."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def head():
+    temp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
+    gcs, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"], check=True, env=env,
+                   capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env={**env, "RAY_TMPDIR": str(temp)},
+                       capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_pipeline_job_submitted_to_a_local_head(head, tmp_path):
+    address, env = head
+    overrides = ["dataset=digits", "model.width=8", "model.depth=2", "experts.num=2", "experts.epochs=3",
+                 "experts.lr=0.05", "distill.syn_steps=4", "distill.expert_epochs=1", "distill.max_start_epoch=1",
+                 "distill.iterations=5", "distill.eval_every=0", "distill.lr_img=100", "ipc=1",
+                 "evaluate.num_models=2", "evaluate.epochs=10", f"storage.root={tmp_path}", "ray_address=auto"]
+    submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+                             "--", "raydd", "pipeline", *overrides], env=env, capture_output=True, text=True, timeout=900)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "succeeded" in submit.stdout.lower()
+    job_list = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
+                              capture_output=True, text=True, timeout=60).stdout
+    assert "SUCCEEDED" in job_list
+    sets = tmp_path / "sets"
+    rows = json.loads((sets / "mtt-ipc1-digits-convnet2w8" / "pipeline.json").read_text())
+    assert rows[0]["method"] == "mtt" and rows[0]["ipc"] == 1 and 0 <= rows[0]["distilled"] <= 100
+    assert (sets / "mtt-ipc1-digits-convnet2w8" / "set.parquet").exists()
+    assert (sets / "mtt-ipc1-digits-convnet2w8" / "grid.png").exists()
+    assert (sets / "random-ipc1-digits-convnet2w8" / "eval.json").exists()
+    assert json.loads((tmp_path / "experts" / "digits-convnet2w8-plain" / "manifest.json").read_text())["shards"]
