@@ -91,6 +91,8 @@ def validate(cfg: dict[str, Any], stage: str) -> None:
     if d["min_start_epoch"] > d["max_start_epoch"] or d["max_start_epoch"] + d["expert_epochs"] > cfg["experts"]["epochs"]:
         raise ConfigError(f"distill start window [{d['min_start_epoch']}, {d['max_start_epoch']}] + expert_epochs "
                           f"{d['expert_epochs']} must lie within experts.epochs={cfg['experts']['epochs']}")
+    if d["iterations"] <= 0 or d["syn_steps"] <= 0 or d["expert_epochs"] <= 0:
+        raise ConfigError("distill.iterations, distill.syn_steps and distill.expert_epochs must be positive")
     if cfg["evaluate"]["num_models"] <= 0 or cfg["evaluate"]["epochs"] <= 0:
         raise ConfigError("evaluate.num_models and evaluate.epochs must be positive")
     if stage == "data":

@@ -16,7 +16,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raydd.data.registry import load_dataset
-from raydd.data.types import ImageData
+from raydd.data.types import DatasetSpec, ImageData
 from raydd.distill.init import initial_set, to_model_space
 from raydd.distill.state import load_all_shards
 from raydd.distill.worker import train_fn
@@ -43,6 +43,17 @@ def open_store(cfg: dict[str, Any]) -> TrajectoryStore:
     if d.get("continuous_start") and store.meta.get("form") != "convex":
         raise ValueError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
     return store
+
+
+def initial_set_for(cfg: dict[str, Any], store: TrajectoryStore, spec: DatasetSpec | None = None,
+                    train: ImageData | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The synthetic set before distillation (deterministic in ``cfg.seed``); soft labels from up to 5 experts."""
+    if spec is None or train is None:
+        spec, train, _ = load_dataset(cfg["dataset"])
+    d = cfg["distill"]
+    net = FlatModel(build_model(cfg["model"], spec))
+    experts = [store.params(e, float(d["max_start_epoch"])) for e in store.experts[:5]]
+    return initial_set(d, train, spec, cfg["ipc"], cfg["seed"], store.zca(), net, experts)
 
 
 def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbacks: list | None = None,
@@ -85,10 +96,8 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
     init_ray(cfg)
     spec, train, test = load_dataset(cfg["dataset"])
     zca = store.zca()
-    net = FlatModel(build_model(cfg["model"], spec))
     d = cfg["distill"]
-    experts = [store.params(e, float(d["max_start_epoch"])) for e in store.experts[:5]]
-    images, labels, soft = initial_set(d, train, spec, cfg["ipc"], cfg["seed"], zca, net, experts)
+    images, labels, soft = initial_set_for(cfg, store, spec, train)
     sub = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:d["eval_test_size"]]
     test_small = ImageData(test.images[sub], test.labels[sub])
     test_ref = ray.put((to_model_space(test_small.images, spec, zca), test_small.labels)) if d["eval_every"] else None
@@ -112,4 +121,4 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
         loc.join("distill_metrics.csv").write_bytes_atomic(pd.DataFrame(history).to_csv(index=False).encode())
     print(f"distilled {cfg['method']['name']} ipc={cfg['ipc']} ({len(ds)} images, lr={lr:.4g}) → {loc.uri} "
           f"in {meta['wall_s']} s; final loss {meta['final_loss']}")
-    return {"set": loc.uri, **meta}
+    return {"set": loc.uri, "lr": lr, **meta}
