@@ -45,8 +45,13 @@ def test_pipeline_job_submitted_to_a_local_head(head, tmp_path):
                  "experts.lr=0.05", "distill.syn_steps=4", "distill.expert_epochs=1", "distill.max_start_epoch=1",
                  "distill.iterations=5", "distill.eval_every=0", "distill.lr_img=100", "ipc=1",
                  "evaluate.num_models=2", "evaluate.epochs=10", f"storage.root={tmp_path}", "ray_address=auto"]
-    submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-                             "--", "raydd", "pipeline", *overrides], env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(30):  # the head's job agent comes up a little after `ray start` returns
+        submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+                                 "--", "raydd", "pipeline", *overrides], env=env, capture_output=True, text=True,
+                                timeout=900)
+        if "No available agent" not in submit.stderr + submit.stdout:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout.lower()
     job_list = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
