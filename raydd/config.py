@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+    # Experiment files merge at the root (``experiment@_global_`` in config.yaml's defaults), so
+    # their first line can be their launch command instead of a ``# @package`` header.
+    overrides = [re.sub(r"^experiment=", "experiment@_global_=", o) for o in overrides]
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides)
