@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,18 +26,40 @@ def free_port() -> int:
 @pytest.fixture()
 def head():
     temp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
-    gcs, dash = free_port(), free_port()
+    ports = {name: free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
+                                            "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+                                            "node-manager-port", "object-manager-port", "ray-client-server-port")}
+    workers = free_port()  # own ports everywhere: other Ray instances on the machine must not collide
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", *(f"--{k}={v}" for k, v in ports.items()),
+                    f"--min-worker-port={workers}", f"--max-worker-port={workers + 40}",
                     "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"], check=True, env=env,
                    capture_output=True, timeout=180)
+    dash = ports["dashboard-port"]
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env={**env, "RAY_TMPDIR": str(temp)},
-                       capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+        stop_head(temp)
+
+
+def stop_head(temp: Path) -> None:
+    """Stop only the Ray processes of the head this test started (`ray stop` would stop every Ray on the machine)."""
+    mine = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(temp).encode() in cmdline.read_bytes():
+                mine.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_pipeline_job_submitted_to_a_local_head(head, tmp_path):
