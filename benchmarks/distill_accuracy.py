@@ -23,7 +23,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
     common = ["dataset=fashion_mnist", f"model.width={args.width}", f"storage.root={args.root}", f"ipc={ipc}",
-              f"method={method}", f"experts.num={args.experts}", f"experts.epochs={args.expert_epochs}",
+              f"method={method}", f"experts.num={args.ast_experts if method == 'ast' else args.experts}", f"experts.epochs={args.expert_epochs}",
               f"distill.iterations={args.iterations[ipc]}", f"distill.syn_steps={args.syn_steps}",
               "distill.expert_epochs=2", f"distill.max_start_epoch={args.max_start[ipc]}",
               f"distill.eval_every={args.iterations[ipc] // 2}", "distill.eval_epochs=100",
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--root", default="runs/bench")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--experts", type=int, default=5)
+    ap.add_argument("--ast-experts", type=int, default=3, help="smooth experts cost ~2x (gradient penalty)")
     ap.add_argument("--expert-epochs", type=int, default=10)
     ap.add_argument("--syn-steps", type=int, default=20)
     ap.add_argument("--models", type=int, default=3)
@@ -57,6 +58,8 @@ def main() -> None:
     from raydd.distill import stage as distill
     from raydd.evaluate import stage as evaluate
     from raydd.experts import stage as experts
+    from raydd.experts.convert import convert_store
+    from raydd.storage.layout import experts_location
     from raydd.storage.layout import set_location
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -72,6 +75,9 @@ def main() -> None:
             cfg = compose(overrides(args, method, ipc))
             validate(cfg, "distill")
             tic = time.time()
+            if method == "mct":  # MCT convexifies the plain experts instead of training new ones
+                plain = compose(overrides(args, "mtt", ipc))
+                convert_store(experts_location(plain), experts_location(cfg), points=cfg["experts"]["convex_points"])
             experts.run(cfg)
             t_experts = time.time() - tic
             info = distill.run(cfg)
@@ -88,7 +94,7 @@ def main() -> None:
 def write(args: argparse.Namespace, rows: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     setup = (f"Fashion-MNIST, ConvNet-3 width {args.width} (instance norm), {args.experts} experts × {args.expert_epochs} epochs "
-             f"(plain for mtt/datm, smooth for ast, convex for mct), syn_steps {args.syn_steps}, expert_epochs 2, "
+             f"(plain for mtt/datm; {args.ast_experts} smooth for ast; the plain ones convexified for mct), syn_steps {args.syn_steps}, expert_epochs 2, "
              f"iterations {args.iterations}, max_start {args.max_start}, evaluation: {args.models} fresh ConvNet-3 "
              "per set, 300 epochs, DSA, final accuracy (mean ± std)")
     meta = {"command": "python " + " ".join(sys.argv), "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",

@@ -92,7 +92,8 @@ def validate(cfg: dict[str, Any], stage: str) -> None:
     d = cfg["distill"]
     if d["unroll"] not in ("plain", "constant_memory"):
         raise ConfigError(f"unknown distill.unroll {d['unroll']!r}; choose plain or constant_memory")
-    if d["min_start_epoch"] > d["max_start_epoch"] or d["max_start_epoch"] + d["expert_epochs"] > cfg["experts"]["epochs"]:
+    if stage in ("distill", "pipeline", "tune") and (
+            d["min_start_epoch"] > d["max_start_epoch"] or d["max_start_epoch"] + d["expert_epochs"] > cfg["experts"]["epochs"]):
         raise ConfigError(f"distill start window [{d['min_start_epoch']}, {d['max_start_epoch']}] + expert_epochs "
                           f"{d['expert_epochs']} must lie within experts.epochs={cfg['experts']['epochs']}")
     if d["iterations"] <= 0 or d["syn_steps"] <= 0 or d["expert_epochs"] <= 0:
