@@ -96,6 +96,10 @@ def validate(cfg: dict[str, Any], stage: str) -> None:
             d["min_start_epoch"] > d["max_start_epoch"] or d["max_start_epoch"] + d["expert_epochs"] > cfg["experts"]["epochs"]):
         raise ConfigError(f"distill start window [{d['min_start_epoch']}, {d['max_start_epoch']}] + expert_epochs "
                           f"{d['expert_epochs']} must lie within experts.epochs={cfg['experts']['epochs']}")
+    init = d.get("max_start_epoch_init")
+    if init is not None and not d["min_start_epoch"] <= init <= d["max_start_epoch"]:
+        raise ConfigError(f"distill.max_start_epoch_init={init} must lie in [min_start_epoch, max_start_epoch] "
+                          f"= [{d['min_start_epoch']}, {d['max_start_epoch']}]")
     if d["iterations"] <= 0 or d["syn_steps"] <= 0 or d["expert_epochs"] <= 0:
         raise ConfigError("distill.iterations, distill.syn_steps and distill.expert_epochs must be positive")
     if cfg["evaluate"]["num_models"] <= 0 or cfg["evaluate"]["epochs"] <= 0:

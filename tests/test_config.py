@@ -33,7 +33,7 @@ def test_groups_found():
 def test_default_composes():
     cfg = compose([])
     assert type(cfg) is dict and _plain(cfg)
-    assert (cfg["dataset"]["name"], cfg["model"]["width"], cfg["method"]["name"]) == ("fashion_mnist", 32, "mtt")
+    assert (cfg["dataset"]["name"], cfg["model"]["width"], cfg["method"]["name"]) == ("fashion_mnist", 16, "mtt")
     validate(cfg, "distill")
 
 
