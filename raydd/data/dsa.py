@@ -24,8 +24,9 @@ DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 class DSAParams:
     """Transform strengths, as in the DSA / MTT code.
 
-    ``one_of=True`` applies a single transform group per call, drawn from the strategy
-    (the reference code's ``aug_mode='S'``); the default applies every group in order.
+    ``one_of=True`` (the default, the reference code's ``aug_mode='S'``) applies a single
+    transform group per call, drawn from the strategy with the call's seed; ``False``
+    chains every group, a much stronger augmentation (about 10 points lower at IPC 50).
     """
 
     aug_scale: float = 1.2
@@ -35,7 +36,7 @@ class DSAParams:
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
-    one_of: bool = False
+    one_of: bool = True
 
 
 Transform = Callable[[Tensor, torch.Generator, DSAParams, bool], Tensor]

@@ -1,0 +1,101 @@
+"""The evaluation protocol: losses, the random baseline's picks, training on a set, the stage on Ray."""
+
+import json
+
+import pytest
+import ray
+import torch
+import torch.nn.functional as F
+
+from raydd.config import compose
+from raydd.evaluate.baselines import random_indices
+from raydd.evaluate.run import summarize
+from raydd.evaluate.stage import run
+from raydd.evaluate.train import TrainSpec, accuracy, set_loss, train_on_set
+from raydd.models.convnet import ConvNet
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _batch(seed=0, n=6, k=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g), torch.randint(0, k, (n,), generator=g), torch.randn(n, k, generator=g)
+
+
+def test_set_loss_hard_is_cross_entropy():
+    logits, labels, _ = _batch()
+    torch.testing.assert_close(set_loss(logits, labels, None, None), F.cross_entropy(logits, labels))
+
+
+def test_set_loss_soft_uses_softmax_targets():
+    logits, labels, soft = _batch()
+    for t in (1.0, 2.0):
+        expected = -(F.softmax(soft / t, 1) * F.log_softmax(logits, 1)).sum(1).mean()
+        torch.testing.assert_close(set_loss(logits, labels, soft, None, temperature=t), expected)
+    one_hot_logits = F.one_hot(labels, 4).float() * 1e4
+    torch.testing.assert_close(set_loss(logits, labels, one_hot_logits, None), F.cross_entropy(logits, labels))
+
+
+def test_set_loss_weighted():
+    logits, labels, soft = _batch()
+    per = F.cross_entropy(logits, labels, reduction="none")
+    w = torch.tensor([1.0, 2.0, 0.0, 0.5, 3.0, 1.0])
+    torch.testing.assert_close(set_loss(logits, labels, None, w), (per * w).sum() / w.sum())
+    torch.testing.assert_close(set_loss(logits, labels, None, torch.full((6,), 7.0)), per.mean())
+    only_first = torch.tensor([1.0, 0, 0, 0, 0, 0])
+    torch.testing.assert_close(set_loss(logits, labels, soft, only_first), set_loss(logits[:1], labels[:1], soft[:1], None))
+
+
+def test_random_indices_ipc_per_class():
+    labels = torch.arange(10).repeat_interleave(20)[torch.randperm(200, generator=torch.Generator().manual_seed(0))]
+    idx = random_indices(labels, 3, seed=5)
+    assert idx.unique().numel() == 30
+    assert labels[idx].tolist() == [c for c in range(10) for _ in range(3)]
+    assert torch.equal(idx, random_indices(labels, 3, seed=5))
+    assert not torch.equal(idx, random_indices(labels, 3, seed=6))
+    with pytest.raises(ValueError, match="fewer than ipc=21"):
+        random_indices(labels, 21, seed=0)
+
+
+def _separable(n, seed):
+    """Class 0: bright left half; class 1: bright right half; plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.5
+    x[labels == 0, :, :, :4] += 1.5
+    x[labels == 1, :, :, 4:] += 1.5
+    return x, labels
+
+
+def test_train_on_set_learns_a_separable_set():
+    x, y = _separable(64, seed=0)
+    test_x, test_y = _separable(200, seed=1)
+    torch.manual_seed(0)
+    model = ConvNet(1, 2, 8, width=8, depth=2)
+    assert accuracy(model, test_x, test_y) < 0.9
+    epochs = []
+    train_on_set(model, x, y, TrainSpec(epochs=20, lr=0.01, batch_size=16, dsa=False), seed=0, on_epoch=epochs.append)
+    assert epochs == list(range(20))
+    assert accuracy(model, test_x, test_y) >= 0.95
+
+
+def test_summarize_mean_and_population_std():
+    rows = [{"model": "convnet", "accuracy": a} for a in (0.5, 0.7)] + [{"model": "vgg11", "accuracy": 0.2}]
+    assert summarize(rows) == {"convnet": {"mean": pytest.approx(60.0), "std": pytest.approx(10.0), "n": 2},
+                               "vgg11": {"mean": pytest.approx(20.0), "std": 0.0, "n": 1}}
+
+
+def test_evaluate_stage_full_on_digits(tmp_path, ray_session, capsys):
+    cfg = compose(["dataset=digits", "method=full", "evaluate.epochs=1", "evaluate.num_models=2",
+                   f"storage.root={tmp_path}"])
+    summary = run(cfg)
+    assert summary["convnet"]["n"] == 2 and 0.0 <= summary["convnet"]["mean"] <= 100.0
+    assert "full ipc=all on digits" in capsys.readouterr().out
+    result = json.loads(next(tmp_path.glob("sets/full-*/eval.json")).read_text())
+    assert result["meta"]["set_size"] == 1437 and result["meta"]["ipc"] is None
+    assert [r["epochs"] for r in result["models"]] == [1, 1]
