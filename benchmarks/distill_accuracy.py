@@ -24,10 +24,9 @@ RESULTS = Path(__file__).parent / "results"
 def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
     common = ["dataset=fashion_mnist", f"model.width={args.width}", f"storage.root={args.root}", f"ipc={ipc}",
               f"method={method}", f"experts.num={args.ast_experts if method == 'ast' else args.experts}", f"experts.epochs={args.expert_epochs}",
-              f"distill.iterations={args.iterations[ipc]}", f"distill.syn_steps={args.syn_steps}",
+              f"distill.iterations={args.iterations[ipc]}", f"distill.syn_steps={args.syn_steps[ipc]}",
               "distill.expert_epochs=2", f"distill.max_start_epoch={args.max_start[ipc]}",
-              f"distill.eval_every={args.iterations[ipc] // 2}", "distill.eval_epochs=100",
-              f"distill.checkpoint_every={args.iterations[ipc]}", "workers=1", f"distill.cpus_per_worker={args.cpus}",
+              "distill.eval_every=0", "distill.checkpoint_every=50", "workers=1", f"distill.cpus_per_worker={args.cpus}",
               f"evaluate.num_models={args.models}", "evaluate.epochs=300"]
     if method == "datm":
         common += [f"distill.max_start_epoch_init={max(1, args.max_start[ipc] // 2)}",
@@ -42,13 +41,13 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=5)
     ap.add_argument("--ast-experts", type=int, default=3, help="smooth experts cost ~2x (gradient penalty)")
     ap.add_argument("--expert-epochs", type=int, default=10)
-    ap.add_argument("--syn-steps", type=int, default=20)
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["mtt", "datm", "ast", "mct"])
     ap.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
     args = ap.parse_args()
-    args.iterations = {1: 300, 10: 200}
+    args.iterations = {1: 300, 10: 120}
+    args.syn_steps = {1: 20, 10: 12}
     args.max_start = {1: 2, 10: 6}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -86,7 +85,8 @@ def main() -> None:
                          "random_mean": random_acc["mean"], "random_std": random_acc["std"],
                          "gain": acc["mean"] - random_acc["mean"], "models": acc["n"], "learned_lr": info.get("lr"),
                          "distill_s": info["wall_s"], "experts_s": round(t_experts, 1),
-                         "iterations": cfg["distill"]["iterations"], "set": set_location(cfg).uri})
+                         "iterations": cfg["distill"]["iterations"], "syn_steps": cfg["distill"]["syn_steps"],
+                         "experts": cfg["experts"]["num"], "set": set_location(cfg).uri})
             write(args, rows)
             print(rows[-1], flush=True)
 

@@ -120,6 +120,7 @@ def summarize(store: Location, manifest: dict[str, Any], results: dict[int, Any]
             "bytes_written": written, "store_bytes": sum(s["bytes"] for s in manifest["shards"]),
             "seconds": round(seconds, 2), "experts_per_hour": len(results) * 3600 / seconds if results else 0.0,
             "mb_per_s": written / 1e6 / seconds if results else 0.0,
+            "cpu_seconds_per_expert": statistics.fmean(r["cpu_seconds"] for r in results.values()) if results else None,
             "test_acc_final_mean": statistics.fmean(final_acc) if final_acc else None}
 
 

@@ -242,14 +242,16 @@ class _LRU:
         self.items.move_to_end(key)
         return self.items[key][0]
 
-    def put(self, key: Any, value: Any, nbytes: int) -> None:
+    def put(self, key: Any, value: Any, nbytes: int) -> bool:
+        """Keep ``value`` (evicting the oldest as needed); False when it is too big or already kept."""
         if nbytes > self.max_bytes or key in self.items:
-            return
+            return False
         self.items[key] = (value, nbytes)
         self.bytes += nbytes
         while self.bytes > self.max_bytes:
             _, (_, n) = self.items.popitem(last=False)
             self.bytes -= n
+        return True
 
 
 class TrajectoryStore:
@@ -312,11 +314,12 @@ class TrajectoryStore:
         key = (expert_id, int(epoch))
         with self._lock:
             cached = self._cache.get(key)
-        if cached is None:
-            cached = self._read_row(expert_id, float(epoch))
-            with self._lock:
-                self._cache.put(key, cached, cached.numel() * 4)
-        return cached.clone()
+        if cached is not None:
+            return cached.clone()
+        params = self._read_row(expert_id, float(epoch))
+        with self._lock:
+            kept = self._cache.put(key, params, params.numel() * 4)
+        return params.clone() if kept else params
 
     def convex(self, expert_id: int) -> ConvexTrajectory:
         """An expert's convex trajectory (convex-form stores only); cached."""

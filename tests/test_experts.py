@@ -1,0 +1,177 @@
+"""Expert training (plain / smooth) and the `raydd experts` stage on Ray: commit, resume, retry, S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import ray
+import torch
+from s3_fixtures import BUCKET, ray_session, s3_endpoint  # noqa: F401  (fixtures)
+
+from raydd.config import compose
+from raydd.data.registry import load_dataset
+from raydd.experts.progress import PROGRESS_PREFIX
+from raydd.experts.stage import run
+from raydd.experts.train import ExpertSpec, clip_loss, gradient_penalty, objective, train_expert
+from raydd.experts.worker import expert_seed, model_inputs
+from raydd.models.functional import flatten_params
+from raydd.models.registry import build_model
+from raydd.storage.layout import experts_location
+from raydd.storage.trajectory import StoreMismatchError, TrajectoryStore
+
+
+def small_cfg(tmp_path, *overrides: str) -> dict:
+    return compose(["dataset=digits", f"storage.root={tmp_path}", "model.width=8", "experts.num=2", "experts.epochs=2",
+                    "experts.batch_size=64", "experts.lr=0.05", *overrides])
+
+
+def test_clip_loss_caps_value_and_scales_gradient():
+    w = torch.tensor(3.0, requires_grad=True)
+    clipped = clip_loss(w ** 2, 1.0)
+    clipped.backward()
+    assert clipped.item() == pytest.approx(1.0) and w.grad.item() == pytest.approx(6.0 / 9.0)
+    w.grad = None
+    unclipped = clip_loss(0.01 * w ** 2, 1.0)
+    unclipped.backward()
+    assert unclipped.item() == pytest.approx(0.09) and w.grad.item() == pytest.approx(0.06)
+
+
+def test_gradient_penalty_is_the_squared_gradient_norm_and_differentiable():
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    loss = 1.5 * w.square().sum()  # ∇ = 3w, ‖∇‖² = 9‖w‖² = 45
+    penalty = gradient_penalty(loss, [w])
+    assert penalty.item() == pytest.approx(45.0)
+    penalty.backward()
+    torch.testing.assert_close(w.grad, 18 * w.detach())
+
+
+def test_smooth_objective_clips_early_epochs_and_adds_the_penalty():
+    spec = ExpertSpec(variant="smooth", clip_epochs=2, clip_value=0.5, gradient_penalty=0.1)
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = w.square().sum()  # 5, ∇ = 2w
+    early = objective(loss, [w], spec, epoch=1)
+    assert early.item() == pytest.approx(0.5 + 0.1 * (0.5 / 5) ** 2 * 4 * 5)
+    late = objective(loss, [w], spec, epoch=2)
+    assert late.item() == pytest.approx(5 + 0.1 * 4 * 5)
+    assert objective(loss, [w], ExpertSpec(), epoch=0) is loss
+
+
+@pytest.mark.parametrize("variant", ["plain", "smooth"])
+def test_train_expert_snapshots_and_is_deterministic(variant):
+    cfg = compose(["dataset=digits", "model.width=8"])
+    spec, train, test = load_dataset(cfg["dataset"])
+    espec = ExpertSpec(variant=variant, epochs=2, lr=0.05, batch_size=64, momentum=0.9 if variant == "smooth" else 0.0,
+                       clip_epochs=1, clip_value=1.0, gradient_penalty=0.01)
+
+    train, test = train.subset(torch.arange(512)), test.subset(torch.arange(128))
+
+    def once():
+        torch.manual_seed(7)
+        model = build_model(cfg["model"], spec)
+        init = flatten_params(model)
+        x, tx = model_inputs(train, spec, None, torch.device("cpu")), model_inputs(test, spec, None, torch.device("cpu"))
+        return init, train_expert(model, x, train.labels, tx, test.labels, espec, seed=7)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        init, run1 = once()
+        _, run2 = once()
+    finally:
+        torch.set_num_threads(threads)
+    assert run1.snapshots.shape == (3, init.numel()) and torch.equal(run1.snapshots[0], init)
+    assert torch.equal(run1.snapshots, run2.snapshots)
+    assert not torch.equal(run1.snapshots[1], run1.snapshots[2])
+    assert run1.train_loss[0] is None and all(loss > 0 for loss in run1.train_loss[1:]) and len(run1.test_acc) == 3
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint, ray_session):  # noqa: F811  (S3 env first, so Ray workers inherit it)
+    return s3_endpoint
+
+
+def test_stage_commits_resumes_and_reproduces(tmp_path, cluster):
+    cfg = small_cfg(tmp_path)
+    first = run(cfg)
+    assert (first["trained"], first["skipped"], first["experts"]) == (2, 0, 2)
+    store_dir = experts_location(cfg).path
+    assert sorted(os.listdir(store_dir)) == ["expert-00000.arrow", "expert-00001.arrow", "manifest.json"]
+    mtimes = {f: os.stat(os.path.join(store_dir, f)).st_mtime_ns for f in os.listdir(store_dir) if f.endswith(".arrow")}
+
+    again = run(cfg)
+    assert (again["trained"], again["skipped"], again["experts"]) == (2 - 2, 2, 2)
+    assert mtimes == {f: os.stat(os.path.join(store_dir, f)).st_mtime_ns for f in mtimes}
+
+    # the Ray task's expert 1 is bit-identical to training it here with the same seed and thread count
+    store = TrajectoryStore.open(experts_location(cfg))
+    spec, train, test = load_dataset(cfg["dataset"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(expert_seed(cfg["seed"], 1))
+        model = build_model(cfg["model"], spec)
+        cpu = torch.device("cpu")
+        local = train_expert(model, model_inputs(train, spec, None, cpu), train.labels, model_inputs(test, spec, None, cpu),
+                             test.labels, ExpertSpec.from_config(cfg["experts"]), expert_seed(cfg["seed"], 1))
+    finally:
+        torch.set_num_threads(threads)
+    for epoch in range(3):
+        assert torch.equal(store.params(1, epoch), local.snapshots[epoch])
+    assert store.metrics(1)["test_acc"] == pytest.approx(local.test_acc)
+    assert store.shard_meta(1)["seed"] == expert_seed(cfg["seed"], 1)
+
+    with pytest.raises(StoreMismatchError, match=r"experts\.lr"):
+        run(small_cfg(tmp_path, "experts.lr=0.02", f"experts.store={experts_location(cfg).uri}"))
+
+
+def test_killed_worker_is_retried_and_leaves_no_partial_file(tmp_path, cluster):
+    cfg = small_cfg(tmp_path, "experts.epochs=6", "experts.batch_size=16")
+    outcome: dict = {}
+
+    def drive():
+        try:
+            outcome["summary"] = run(cfg)
+        except Exception as e:  # surfaced by the assertions below
+            outcome["error"] = e
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    killed, deadline = None, time.time() + 120
+    while killed is None and driver.is_alive() and time.time() < deadline:
+        names = [n for n in ray.util.list_named_actors() if n.startswith(PROGRESS_PREFIX)]
+        if names:
+            for expert_id, (epoch, pid) in ray.get(ray.get_actor(names[0]).state.remote()).items():
+                if 1 <= epoch < 6 and pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    killed = expert_id
+                    break
+        time.sleep(0.05)
+    driver.join(timeout=300)
+    assert killed is not None, "no worker was caught mid-run"
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["summary"]["trained"] == 2
+    store = TrajectoryStore.open(experts_location(cfg))
+    assert store.experts == [0, 1] and store.verify() == 2
+    assert sorted(os.listdir(experts_location(cfg).path)) == ["expert-00000.arrow", "expert-00001.arrow", "manifest.json"]
+    assert store.metrics(killed)["epoch"] == [float(e) for e in range(7)]
+
+
+def test_stage_on_s3_convex_float16_with_zca(tmp_path, cluster):
+    uri = f"s3://{BUCKET}/{tmp_path.name}/experts"
+    cfg = small_cfg(tmp_path, f"experts.store={uri}", "experts.form=convex", "experts.dtype=float16",
+                    "experts.convex_points=1", "experts.epochs=3", "experts.variant=smooth", "experts.clip_epochs=1",
+                    "experts.gradient_penalty=0.01", "experts.momentum=0.9", "zca=true")
+    summary = run(cfg)
+    assert summary["trained"] == 2 and summary["form"] == "convex"
+    store = TrajectoryStore.open(uri)
+    assert store.form == "convex" and store.meta["dtype"] == "float16" and store.verify() == 2
+    assert store.zca() is not None and store.zca().whiten.shape == (64, 64)
+    rows = store.read(0)
+    assert rows.epoch == [0.0, 2.0, 3.0] and rows.params[1] is None
+    assert torch.equal(store.params(0, 0.0), rows.params[0]) and torch.equal(store.params(0, 3.0), rows.params[2])
+    mid = store.params(0, 2.5)
+    torch.testing.assert_close(mid, torch.lerp(rows.params[0], rows.params[2], (rows.alpha[1] + 1) / 2), atol=1e-6, rtol=0)
