@@ -49,7 +49,7 @@ def losses(cfg: dict) -> list[float]:
 @pytest.mark.parametrize("method", ["mtt", "datm", "ast", "mct"])
 def test_matching_loss_goes_down(root, method):
     extra = ["distill.window_grow_iters=20", "distill.max_start_epoch_init=1", "distill.loss_threshold=100"] if method == "datm" else []
-    cfg = config(root, f"method={method}", "ipc=2", "distill.iterations=40", "workers=1", *extra)
+    cfg = config(root, f"method={method}", "ipc=2", "distill.iterations=40", "distill.lr_lr=1e-4", "workers=1", *extra)
     distill_stage.run(cfg)
     curve = losses(cfg)
     assert len(curve) == 40
