@@ -21,6 +21,7 @@ CHUNK = 4096
 class KMeansResult:
     centers: Tensor                 # k×D
     counts: Tensor                  # k int64, sums to N
+    assign: Tensor                  # N int64: the cluster of each point
     objective: float                # Σ‖x − c(x)‖² of the partition
     iterations: int
     history: list[float] = field(default_factory=list)  # partition objective after each iteration
@@ -113,7 +114,7 @@ def lloyd(x: Tensor, k: int, gen: torch.Generator, max_iters: int = 100, tol: fl
         if len(history) > 1 and history[-2] - objective <= tol * history[-2]:
             break
         previous = assign
-    return KMeansResult(centers, counts, history[-1], len(history), history)
+    return KMeansResult(centers, counts, assign, history[-1], len(history), history)
 
 
 def minibatch(x: Tensor, k: int, gen: torch.Generator, batch_size: int, max_iters: int = 100,
@@ -137,9 +138,21 @@ def minibatch(x: Tensor, k: int, gen: torch.Generator, batch_size: int, max_iter
         if (centers - old).square().sum() <= tol * old.square().sum():
             break
     assign, dist = nearest(x, centers)
-    means, counts, objective = partition_stats(x, _fill_empty(assign, dist, k), k)
+    assign = _fill_empty(assign, dist, k)
+    means, counts, objective = partition_stats(x, assign, k)
     centers = torch.where(counts.unsqueeze(1) > 0, means, centers)
-    return KMeansResult(centers, counts, objective, steps, [objective])
+    return KMeansResult(centers, counts, assign, objective, steps, [objective])
+
+
+def medoids(x: Tensor, assign: Tensor, centers: Tensor) -> Tensor:
+    """Index of the member of each cluster nearest its center (-1 for an empty cluster)."""
+    dist = torch.cat([(x[s:s + CHUNK] - centers[assign[s:s + CHUNK]]).square().sum(1) for s in range(0, x.shape[0], CHUNK)])
+    out = torch.full((centers.shape[0],), -1, dtype=torch.long)
+    for j in range(centers.shape[0]):
+        members = (assign == j).nonzero().flatten()
+        if members.numel():
+            out[j] = members[dist[members].argmin()]
+    return out
 
 
 def kmeans(x: Tensor, k: int, gen: torch.Generator, settings: KMeansSettings = KMeansSettings()) -> KMeansResult:

@@ -1,4 +1,5 @@
-"""One class → IPC prototypes: encode, k-means in latent space, decode the centroids."""
+"""One class → IPC prototypes: encode, k-means in latent space, then decode the centroids
+(``centroid``) or take the training image nearest each centroid (``medoid``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from torch import Tensor
 
 from raydd.data.types import DatasetSpec, normalize
 from raydd.quantize.encoders import Encoder
-from raydd.quantize.kmeans import KMeansSettings, kmeans
+from raydd.quantize.kmeans import KMeansSettings, kmeans, medoids
 
 ENCODE_CHUNK = 1024
+PROTOTYPES = ("centroid", "medoid")
 
 
 @dataclass
@@ -37,11 +39,15 @@ def clamp_to_pixels(x: Tensor, spec: DatasetSpec) -> Tensor:
 
 
 def quantize_class(images: Tensor, spec: DatasetSpec, encoder: Encoder, k: int, settings: KMeansSettings,
-                   gen: torch.Generator) -> Prototypes:
-    """The ``k`` k-means centroids of one class's uint8 ``images`` in ``encoder``'s latent space, decoded."""
+                   gen: torch.Generator, prototype: str = "centroid") -> Prototypes:
+    """``k`` prototypes of one class's uint8 ``images`` from k-means in ``encoder``'s latent space:
+    the decoded centroids, or (``medoid``) each cluster's member nearest its centroid."""
     latents = encode_images(encoder, images, spec)
     result = kmeans(latents, k, gen, settings)
-    with torch.no_grad():
-        decoded = clamp_to_pixels(encoder.decode(result.centers), spec)
+    if prototype == "medoid":
+        decoded = normalize(images[medoids(latents, result.assign, result.centers)], spec)
+    else:
+        with torch.no_grad():
+            decoded = clamp_to_pixels(encoder.decode(result.centers), spec)
     return Prototypes(decoded, result.counts, result.objective, result.iterations,
                       settings.batch_size is not None and images.shape[0] > settings.batch_size)

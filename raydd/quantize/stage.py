@@ -4,7 +4,8 @@
    images for fitting the encoder;
 2. the driver builds the encoder once (PCA fit, autoencoder training, VAE load) and puts its
    state in the object store;
-3. quantize: tasks read only their classes, encode, run k-means (k = IPC) and decode;
+3. quantize: tasks read only their classes, encode, run k-means (k = IPC) and decode the
+   centroids (or pick the training image nearest each, ``quantize.prototype=medoid``);
 4. the driver writes the set: DDOQ keeps the cluster masses as per-sample weights, D4M does not.
 """
 
@@ -22,9 +23,10 @@ from raydd.data.types import DatasetSpec, ImageData, normalize
 from raydd.quantize.encoders import ENCODERS, EncoderState, check_vae, restore
 from raydd.quantize.fit import build_encoder, needs_sample
 from raydd.quantize.kmeans import KMeansSettings
-from raydd.quantize.prototypes import Prototypes, quantize_class
+from raydd.quantize.prototypes import PROTOTYPES, Prototypes, quantize_class
 from raydd.runtime import init_ray
 from raydd.storage.distilled import DistilledSet, save_set
+from raydd.storage.fs import check_reachable
 from raydd.storage.layout import model_tag, set_location
 
 
@@ -35,6 +37,8 @@ def check_config(cfg: dict[str, Any], spec: DatasetSpec) -> None:
         raise ConfigError(f"method {cfg['method']['name']!r} does not quantize; choose one of {', '.join(QUANTIZE_METHODS)}")
     if q["encoder"] not in ENCODERS:
         raise ConfigError(f"unknown quantize.encoder {q['encoder']!r}; choose one of {', '.join(ENCODERS)}")
+    if q["prototype"] not in PROTOTYPES:
+        raise ConfigError(f"unknown quantize.prototype {q['prototype']!r}; choose one of {', '.join(PROTOTYPES)}")
     for key in ("latent_dim", "max_iters", "restarts", "classes_per_task", "fit_samples", "ae_epochs"):
         if not isinstance(q[key], int) or q[key] <= 0:
             raise ConfigError(f"quantize.{key} must be a positive integer, got {q[key]!r}")
@@ -76,12 +80,12 @@ def survey(ds_cfg: dict[str, Any], classes: list[int], per_class: int, seed: int
 
 @ray.remote
 def quantize_classes(ds_cfg: dict[str, Any], spec: DatasetSpec, classes: list[int], state: EncoderState,
-                     settings: KMeansSettings, ipc: int, seed: int) -> dict[int, Prototypes]:
+                     settings: KMeansSettings, ipc: int, seed: int, prototype: str) -> dict[int, Prototypes]:
     """Read only ``classes``, then quantize each with its own seeded generator."""
     data = load_split(ds_cfg, "train", classes=classes)
     encoder = restore(state, spec)
     return {c: quantize_class(data.images[data.labels == c], spec, encoder, ipc, settings,
-                              torch.Generator().manual_seed(seed * 1_000_003 + c))
+                              torch.Generator().manual_seed(seed * 1_000_003 + c), prototype)
             for c in classes}
 
 
@@ -98,6 +102,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     q, method, ipc = cfg["quantize"], cfg["method"]["name"], cfg["ipc"]
     spec = dataset_spec(cfg["dataset"])
     check_config(cfg, spec)
+    loc = set_location(cfg)
+    check_reachable(loc)
     init_ray(cfg)
     per_class = -(-q["fit_samples"] // spec.num_classes) if needs_sample(cfg) else 0
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -114,12 +120,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     settings = KMeansSettings(q["max_iters"], q["tol"], q["batch_size"], q["restarts"])
     task = quantize_classes.options(num_cpus=q["cpus_per_task"])
-    refs = [task.remote(cfg["dataset"], spec, g, state, settings, ipc, cfg["seed"])
+    refs = [task.remote(cfg["dataset"], spec, g, state, settings, ipc, cfg["seed"], q["prototype"])
             for g in class_groups(spec.num_classes, q["classes_per_task"])]
     protos = {c: p for part in ray.get(refs) for c, p in part.items()}
     t_kmeans = time.time()
 
-    meta = {"method": method, "ipc": ipc, "dataset": spec.name, "encoder": q["encoder"],
+    meta = {"method": method, "ipc": ipc, "dataset": spec.name, "encoder": q["encoder"], "prototype": q["prototype"],
             "latent_dim": None if q["encoder"] == "pixel" else q["latent_dim"], "model": model_tag(cfg["model"]),
             "seed": cfg["seed"], "class_sizes": {str(c): sizes[c] for c in sorted(sizes)},
             "objective": {str(c): protos[c].objective for c in sorted(protos)},
@@ -128,7 +134,6 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     ds = assemble(protos, weighted=method == "ddoq", meta=meta)
     ds.meta["wall_s"] = {"survey": round(t_survey - start, 2), "encoder": round(t_encoder - t_survey, 2),
                          "kmeans": round(t_kmeans - t_encoder, 2), "total": round(time.time() - start, 2)}
-    loc = set_location(cfg)
     save_set(ds, loc, spec)
     print(f"{method} ipc={ipc} encoder={q['encoder']} on {spec.name}: {len(ds)} images → {loc.uri} "
           f"({ds.meta['wall_s']['total']:.1f} s)")

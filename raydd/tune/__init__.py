@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over IPC, loss weights and distillation hyperparameters (``raydd tune``)."""
