@@ -10,6 +10,8 @@ import ray
 import torch
 from PIL import Image
 
+from s3_fixtures import s3_endpoint  # noqa: F401  (moto S3 on loopback)
+
 from raydd.cli import main
 from raydd.config import compose
 from raydd.data import parquet
@@ -35,23 +37,6 @@ def ray_session():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on loopback with a ``raydd-test`` bucket; yields its endpoint URL."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in CREDENTIALS.items()
-                                                 if k != "AWS_DEFAULT_REGION"},
-                 region_name="us-east-1").create_bucket(Bucket="raydd-test")
-    yield endpoint
-    server.stop()
 
 
 def _ds(name, **extra):
