@@ -45,9 +45,9 @@ def quantize_class(images: Tensor, spec: DatasetSpec, encoder: Encoder, k: int, 
     latents = encode_images(encoder, images, spec)
     result = kmeans(latents, k, gen, settings)
     if prototype == "medoid":
-        decoded = normalize(images[medoids(latents, result.assign, result.centers)], spec)
+        chosen = normalize(images[medoids(latents, result.assign, result.centers)], spec)
     else:
         with torch.no_grad():
-            decoded = clamp_to_pixels(encoder.decode(result.centers), spec)
-    return Prototypes(decoded, result.counts, result.objective, result.iterations,
+            chosen = clamp_to_pixels(encoder.decode(result.centers), spec)
+    return Prototypes(chosen, result.counts, result.objective, result.iterations,
                       settings.batch_size is not None and images.shape[0] > settings.batch_size)
