@@ -198,6 +198,11 @@ def test_four_trials_are_ranked_within_each_ipc(tmp_path, ray_session):
     assert [r["trial"] for r in again["rows"]] == list(rows["trial"])
 
 
+def finished_trials(sweep: Path) -> list[Path]:
+    """Trial folders whose final result (with the test accuracy) Tune has recorded."""
+    return [p.parent for p in sweep.glob("*/result.json") if '"test_acc"' in p.read_text()]
+
+
 @pytest.mark.slow
 def test_interrupted_four_trial_sweep_resumes(tmp_path, ray_session):
     """``raydd tune`` with 4 trials (IPC x lr_init), interrupted (SIGINT) once its first trial finished;
@@ -208,9 +213,8 @@ def test_interrupted_four_trial_sweep_resumes(tmp_path, ray_session):
         proc = subprocess.Popen([sys.executable, "-m", "raydd", "tune", *args], stdout=log, stderr=subprocess.STDOUT,
                                 cwd=Path(__file__).parents[1], env={**os.environ, "RAY_AUTH_MODE": "disabled"})
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and not list(sweep.glob("sets/*/eval.json")):
+        while time.time() < deadline and proc.poll() is None and not finished_trials(sweep):
             time.sleep(1)
-        time.sleep(3)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-3000:]
     first = pd.read_csv(sweep / "results.csv")
