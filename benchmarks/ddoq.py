@@ -46,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-accuracy", action="store_true")
     p.add_argument("--root", default="/tmp/raydd-bench-ddoq", help="storage.root for sets, encoders, subsets")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--render", action="store_true", help="only rewrite ddoq.md from ddoq.json")
     p.add_argument("--child", nargs=2, metavar=("CPUS", "DATASET_URI"), help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -235,6 +236,11 @@ def markdown(r: dict[str, Any]) -> str:
             epochs = "/".join(str(e) for e in sorted({x["epochs"] for x in v["summary"].values()}))
             lines.append(f"| {ipc} | {epochs} | " + " | ".join(cells) + " |")
         quantized = [n for n in names if n != "random"]
+        losing = {n: [ipc for ipc, v in acc.items() if n in v["summary"] and "random" in v["summary"]
+                      and v["summary"][n]["mean"] <= v["summary"]["random"]["mean"]] for n in quantized}
+        lines += ["", "Above random-real at every IPC: " + (", ".join(n for n in quantized if not losing[n]) or "none")
+                  + ". Not: " + (", ".join(f"{n} (IPC {', '.join(losing[n])})" for n in quantized if losing[n]) or "none")
+                  + "."]
         lines += ["", "## Wall time (s): quantize `run()` per set in a warm 2-CPU Ray session (the autoencoder's "
                   "includes its training at the first IPC); evaluation of all sets of a run in parallel", "",
                   "| IPC | " + " | ".join(quantized) + " | evaluation runs |", "|---|" + "---|" * (len(quantized) + 1)]
@@ -264,6 +270,10 @@ def main() -> None:
     args = parse_args()
     if args.child:
         child(int(args.child[0]), args.child[1], args.root)
+        return
+    if args.render:
+        out = Path(args.out)
+        (out / "ddoq.md").write_text(markdown(json.loads((out / "ddoq.json").read_text())))
         return
     if not args.no_scaling:
         write_partial(args, {"scaling": scaling(args.root, args.sizes, args.repeats)})
