@@ -23,7 +23,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
     common = ["dataset=fashion_mnist", f"model.width={args.width}", f"storage.root={args.root}", f"ipc={ipc}",
-              f"method={method}", f"experts.num={args.ast_experts if method == 'ast' else args.experts}", f"experts.epochs={args.expert_epochs}",
+              f"method={method}", f"experts.num={args.ast_experts if method == 'ast' else args.experts}",
+              f"experts.epochs={args.ast_expert_epochs if method == 'ast' else args.expert_epochs}",
               f"distill.iterations={args.iterations[ipc]}", f"distill.syn_steps={args.syn_steps[ipc]}",
               "distill.expert_epochs=2", f"distill.max_start_epoch={args.max_start[ipc]}",
               "distill.eval_every=0", "distill.checkpoint_every=50", "workers=1", f"distill.cpus_per_worker={args.cpus}",
@@ -41,12 +42,14 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=5)
     ap.add_argument("--ast-experts", type=int, default=3, help="smooth experts cost ~2x (gradient penalty)")
     ap.add_argument("--expert-epochs", type=int, default=10)
+    ap.add_argument("--ast-expert-epochs", type=int, default=10)
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["mtt", "datm", "ast", "mct"])
     ap.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--iterations", type=int, nargs=2, default=[300, 200], metavar=("IPC1", "IPC10"))
     args = ap.parse_args()
-    args.iterations = {1: 300, 10: 120}
+    args.iterations = dict(zip((1, 10), args.iterations))
     args.syn_steps = {1: 20, 10: 12}
     args.max_start = {1: 2, 10: 6}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -94,7 +97,7 @@ def main() -> None:
 def write(args: argparse.Namespace, rows: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     setup = (f"Fashion-MNIST, ConvNet-3 width {args.width} (instance norm), {args.experts} experts × {args.expert_epochs} epochs "
-             f"(plain for mtt/datm; {args.ast_experts} smooth for ast; the plain ones convexified for mct), syn_steps {args.syn_steps}, expert_epochs 2, "
+             f"(plain for mtt/datm; {args.ast_experts} smooth × {args.ast_expert_epochs} epochs for ast; the plain ones convexified for mct), syn_steps {args.syn_steps}, expert_epochs 2, "
              f"iterations {args.iterations}, max_start {args.max_start}, evaluation: {args.models} fresh ConvNet-3 "
              "per set, 300 epochs, DSA, final accuracy (mean ± std)")
     meta = {"command": "python " + " ".join(sys.argv), "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",

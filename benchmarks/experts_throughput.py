@@ -1,11 +1,11 @@
 """Experts per hour of ``raydd experts`` with 1 and with 2 parallel Ray workers.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/experts_throughput.py             # the recorded run
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/experts_throughput.py --train 10000  # the recorded run
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/experts_throughput.py --train 2000 --experts 2 --epochs 1  # smoke
 
 Runs the stage's own ``run(cfg)`` on a Fashion-MNIST subset (the first ``--train`` training and
 ``--test`` test images, written as raydd Parquet shards so the stage reads them like any
-dataset), ConvNet-3 width 32, ``cpus_per_expert=1`` (one torch thread per expert), once in a
+dataset), ConvNet-3 at ``--width`` (16, the embedded default), ``cpus_per_expert=1`` (one torch thread per expert), once in a
 Ray session with 1 CPU (experts run one after another) and once with 2 CPUs (two at a time).
 Target: 2 workers >= 1.6× the experts/hour of 1 on this 2-core machine.
 Writes ``benchmarks/results/experts_throughput.{json,md}``.
@@ -42,7 +42,7 @@ def write_subset(root: Path, train: int, test: int) -> str:
 
 
 def one_setting(workers: int, data_uri: str, root: Path, a: argparse.Namespace) -> dict:
-    cfg = compose(["dataset=fashion_mnist", f"dataset.uri={data_uri}", f"storage.root={root / f'w{workers}-{time.time_ns()}'}",
+    cfg = compose(["dataset=fashion_mnist", f"dataset.uri={data_uri}", f"model.width={a.width}", f"storage.root={root / f'w{workers}-{time.time_ns()}'}",
                    f"experts.num={a.experts}", f"experts.epochs={a.epochs}", "experts.cpus_per_expert=1"])
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
     load = [round(x, 2) for x in os.getloadavg()]
@@ -60,8 +60,8 @@ def one_setting(workers: int, data_uri: str, root: Path, a: argparse.Namespace) 
 def markdown(r: dict) -> str:
     lines = ["# Expert training throughput: 1 vs 2 parallel workers", "",
              f"Command: `{r['command']}`  ",
-             f"Machine: {r['machine']['cpus']} CPU cores, shared with other work (load averages below), no GPU.  ",
-             f"Workload: `raydd experts` stage, {r['experts']} experts × {r['epochs']} epochs of ConvNet-3 width 32 on the "
+             f"Machine: {r['machine']['cpus']} CPU cores (load averages below: other work on the machine slows both settings), no GPU.  ",
+             f"Workload: `raydd experts` stage, {r['experts']} experts × {r['epochs']} epochs of ConvNet-3 width {r['width']} on the "
              f"first {r['train']:,} Fashion-MNIST training images (test accuracy on {r['test']:,} test images after every "
              "epoch), DSA on, batch 256, cpus_per_expert=1 (torch threads 1).", "",
              f"The two settings alternate, {r['repeats']} run(s) each, so that changing load from other work hits both.", "",
@@ -89,13 +89,14 @@ def main() -> None:
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--width", type=int, default=16)
     p.add_argument("--out", default="benchmarks/results")
     a = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     report = {"command": "RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/experts_throughput.py " + " ".join(sys.argv[1:]),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "ray": ray.__version__},
-              "train": a.train, "test": a.test, "experts": a.experts, "epochs": a.epochs, "repeats": a.repeats}
+              "width": a.width, "train": a.train, "test": a.test, "experts": a.experts, "epochs": a.epochs, "repeats": a.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         data_uri = write_subset(Path(tmp), a.train, a.test)
         report["results"] = [one_setting(w, data_uri, Path(tmp), a) for _ in range(a.repeats) for w in (1, 2)]

@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from raydd.config import STAGES, ConfigError, check_data, check_storage, compose, describe, validate
+from raydd.errors import RayddError
 
 USAGE = "usage: raydd <stage> [key=value ...] [--help]\n\nstages:\n" + "\n".join(
     f"  {name:<9} {text}" for name, text in STAGES.items()) + "\n\nexample: raydd evaluate dataset=fashion_mnist method=random ipc=10"
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"raydd: error: {e}", file=sys.stderr)
         return 2
-    importlib.import_module(f"raydd.{stage}.stage" if stage != "pipeline" else "raydd.pipeline").run(cfg)
+    try:
+        importlib.import_module(f"raydd.{stage}.stage" if stage != "pipeline" else "raydd.pipeline").run(cfg)
+    except RayddError as e:  # found once the stage runs: a bad sweep space, a corrupt shard, a diverged run, ...
+        print(f"raydd: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
     return 0
 
 

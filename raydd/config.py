@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from raydd.errors import RayddError
+
 STAGES = {
     "data": "convert a torchvision/ImageFolder dataset into raydd Parquet shards",
     "experts": "train expert trajectories in parallel (Ray actors) into the trajectory store",
@@ -23,7 +25,7 @@ QUANTIZE_METHODS = ("ddoq", "d4m")
 BASELINES = ("random", "full")
 
 
-class ConfigError(ValueError):
+class ConfigError(RayddError, ValueError):
     """A configuration that cannot run; the message names the problem."""
 
 

@@ -56,3 +56,26 @@ def test_evaluate_random_on_digits(tmp_path, ray_session, capsys):
     assert result["summary"]["convnet"]["n"] == 3
     rows = list(csv.DictReader((set_dir / "eval.csv").open()))
     assert [int(r["seed"]) for r in rows] == [0, 1, 2] and all(r["epochs"] == "5" for r in rows)
+
+
+def test_error_found_inside_a_stage_is_one_line(tmp_path, capsys):
+    """``raydd tune`` parses its space inside the stage; a bad key still gives the one-line error and exit 2."""
+    argv = ["tune", "dataset=digits", f"storage.root={tmp_path}", "tune.space={distill.no_such_key:{grid:[1,2]}}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raydd: error: tune.space") and "no_such_key" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "tune").exists()
+
+
+def test_corrupt_store_found_inside_a_stage_exits_1(tmp_path, capsys):
+    """A store whose manifest is garbage is named in a one-line error (exit 1), not a traceback."""
+    from raydd.storage.layout import experts_location
+
+    argv = ["experts", "dataset=digits", f"storage.root={tmp_path}", "experts.num=1", "experts.epochs=1"]
+    store = Path(experts_location(compose(argv[1:])).path)
+    store.mkdir(parents=True)
+    (store / "manifest.json").write_text("{not json")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("raydd: error:") and "manifest" in err and err.count("\n") == 1, err
+    assert (store / "manifest.json").read_text() == "{not json"

@@ -123,3 +123,14 @@ def test_exit_status_through_python_m(tmp_path):
                             capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
     assert result.returncode == 2
     assert result.stderr == "raydd: error: ipc must be a positive integer, got 0\n"
+
+
+def test_set_names_carry_what_makes_sets_differ():
+    from raydd.storage.layout import run_name
+
+    assert run_name(compose(["method=mtt", "ipc=10"])) == "mtt-ipc10-fashion_mnist-convnet3w16"
+    assert run_name(compose(["method=ddoq", "quantize.encoder=pca", "ipc=5"])) == "ddoq-pca-ipc5-fashion_mnist-convnet3w16"
+    assert run_name(compose(["method=ddoq", "quantize.prototype=medoid", "ipc=1"])) == \
+        "ddoq-pixel-medoid-ipc1-fashion_mnist-convnet3w16"
+    assert run_name(compose(["method=full", "ipc=50"])) == "full-fashion_mnist-convnet3w16"
+    assert run_name(compose(["method=full", "run_name=mine"])) == "mine"

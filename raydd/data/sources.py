@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from raydd.data.types import ImageData
+from raydd.errors import RayddError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(RayddError, FileNotFoundError):
     """The dataset's files are not where the config says."""
 
 

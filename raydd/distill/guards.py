@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from raydd.errors import RayddError
 
-class DivergedError(RuntimeError):
+
+class DivergedError(RayddError, RuntimeError):
     """Distillation kept producing invalid steps; nothing broken was written."""
 
 

@@ -16,8 +16,10 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from raydd.errors import RayddError
 
-class StorageError(RuntimeError):
+
+class StorageError(RayddError, RuntimeError):
     """A storage location cannot be used (unreachable bucket, missing path, ...)."""
 
 

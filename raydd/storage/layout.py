@@ -28,7 +28,16 @@ def experts_location(cfg: dict[str, Any]) -> Location:
 
 
 def run_name(cfg: dict[str, Any]) -> str:
-    return cfg.get("run_name") or f"{cfg['method']['name']}-ipc{cfg['ipc']}-{cfg['dataset']['name']}-{model_tag(cfg['model'])}"
+    """``run_name``, or method[-encoder[-medoid]][-ipcK]-dataset-model: the settings that make the set differ."""
+    if cfg.get("run_name"):
+        return cfg["run_name"]
+    method, q = cfg["method"], cfg["quantize"]
+    parts = [method["name"]]
+    if method["stage"] == "quantize":
+        parts += [q["encoder"], *(["medoid"] if q.get("prototype") == "medoid" else [])]
+    if method["name"] != "full":  # the full baseline is the whole training set at any IPC
+        parts.append(f"ipc{cfg['ipc']}")
+    return "-".join([*parts, cfg["dataset"]["name"], model_tag(cfg["model"])])
 
 
 def set_location(cfg: dict[str, Any]) -> Location:

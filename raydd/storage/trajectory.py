@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from raydd.data.zca import ZCA
+from raydd.errors import RayddError
 from raydd.experts.convex import ConvexTrajectory
 from raydd.models.functional import ParamLayout
 from raydd.storage.fs import Location, resolve
@@ -42,11 +43,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 METRIC_COLUMNS = ("epoch", "train_loss", "test_acc")
 
 
-class CorruptShardError(ValueError):
+class CorruptShardError(RayddError, ValueError):
     """A shard (or manifest) that cannot be trusted; the message names the file."""
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(RayddError, ValueError):
     """An existing store was written with a different configuration."""
 
 
