@@ -6,7 +6,7 @@
 
 Accuracy: for each IPC, sets from ``raydd quantize`` (ddoq with the pixel, pca and autoencoder
 encoders; d4m with pixel) and the random-real baseline, each evaluated with
-``raydd.evaluate.run.evaluate_set`` (ConvNet-3 width 32, DSA, K models). Scaling: the
+``raydd.evaluate.run.evaluate_set`` (ConvNet-3 at the embedded default width, DSA, K models). Scaling: the
 pixel-encoder quantize stage at IPC 50 in a fresh process and Ray session per point, on
 10k/30k/60k training images (Parquet subsets) with 1 and 2 CPUs, and on the full
 Fashion-MNIST source. Writes ``benchmarks/results/ddoq.json`` and ``ddoq.md``.
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from raydd.config import compose
 
 VARIANTS = ["random", "ddoq-pixel", "ddoq-pca", "ddoq-autoencoder", "d4m-pixel", "ddoq-pixel-medoid",
             "ddoq-autoencoder-medoid"]
@@ -69,7 +71,6 @@ def child(cpus: int, uri: str, root: str) -> None:
     start = time.time()
     import ray
 
-    from raydd.config import compose
     from raydd.quantize.stage import run
 
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
@@ -87,7 +88,6 @@ def child(cpus: int, uri: str, root: str) -> None:
 
 def write_subsets(root: str, sizes: list[int]) -> dict[int, str]:
     """Seeded random subsets of the Fashion-MNIST training split as raydd Parquet shards."""
-    from raydd.config import compose
     from raydd.data.parquet import write_split
     from raydd.data.registry import load_split
     from raydd.storage.fs import resolve
@@ -145,7 +145,6 @@ def variant_overrides(root: str, name: str, ipc: int) -> list[str]:
 def accuracy(args: argparse.Namespace) -> None:
     import ray
 
-    from raydd.config import compose
     from raydd.data.registry import load_dataset
     from raydd.evaluate.baselines import random_set
     from raydd.evaluate.run import evaluate_set, summarize
@@ -203,7 +202,7 @@ def write_partial(args: argparse.Namespace, data: dict[str, Any]) -> None:
     command = " ".join(["python", *sys.argv])
     commands = previous.get("commands", [])
     merged = {**previous, **data, "commands": [*[c for c in commands if c != command], command], "machine": machine(),
-              "protocol": {"dataset": "fashion_mnist (60k train / 10k test)", "model": "ConvNet-3 width 32, instance norm",
+              "protocol": {"dataset": "fashion_mnist (60k train / 10k test)", "model": f"ConvNet-3 width {compose([])['model']['width']}, instance norm",
                            "evaluate": "SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half, batch 256, DSA",
                            "models_per_set": args.models, "quantize": "k-means++ (seeded) + Lloyd, max_iters 100, tol 1e-6, "
                            "latent_dim 64 for pca/autoencoder, autoencoder 5 epochs on 20k images (trained once, reused); "
@@ -217,9 +216,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines = ["# DDOQ on Fashion-MNIST", "",
              "Commands (results merge per IPC and variant): "
              + "; ".join(f"`RAY_AUTH_MODE=disabled {c}`" for c in r["commands"])
-             + f". Machine: {m['cpus']} shared CPU cores ({m['platform']}, torch {m['torch']}); load average at "
-             f"write time {tuple(round(x, 1) for x in m['loadavg'])} — other jobs shared the cores, so wall times "
-             "are upper bounds.", "",
+             + f". Machine: {m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}); load average at "
+             f"write time {tuple(round(x, 1) for x in m['loadavg'])}"
+             + (" (above the core count: other work shared the cores, wall times are upper bounds)."
+                if max(m["loadavg"]) > m["cpus"] else " (a quiet machine)."), "",
              f"Protocol: {r['protocol']['model']}; {r['protocol']['evaluate']}; {r['protocol']['models_per_set']} models "
              f"per set (mean ± population std, %). Quantize: {r['protocol']['quantize']}.", ""]
     acc = r.get("accuracy", {})
