@@ -29,6 +29,7 @@ def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
               "distill.expert_epochs=2", f"distill.max_start_epoch={args.max_start[ipc]}",
               "distill.eval_every=0", "distill.checkpoint_every=50", "workers=1", f"distill.cpus_per_worker={args.cpus}",
               f"evaluate.num_models={args.models}", "evaluate.epochs=300"]
+    common += args.override
     if method == "datm":
         common += [f"distill.max_start_epoch_init={max(1, args.max_start[ipc] // 2)}",
                    f"distill.window_grow_iters={args.iterations[ipc] // 2}", "distill.loss_threshold=10"]
@@ -48,6 +49,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["mtt", "datm", "ast", "mct"])
     ap.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--iterations", type=int, nargs=2, default=[300, 200], metavar=("IPC1", "IPC10"))
+    ap.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run, e.g. distill.lr_img=1000")
+    ap.add_argument("--redo", action="store_true", help="replace recorded rows of these methods and IPCs")
     args = ap.parse_args()
     args.iterations = dict(zip((1, 10), args.iterations))
     args.syn_steps = {1: 20, 10: 12}
@@ -67,6 +70,8 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     out = RESULTS / "distill_accuracy.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    if args.redo:
+        rows = [r for r in rows if not (r["method"] in args.methods and r["ipc"] in args.ipcs)]
     done = {(r["method"], r["ipc"]) for r in rows}
     for ipc in args.ipcs:
         base = compose(overrides(args, "random", ipc))
@@ -89,26 +94,36 @@ def main() -> None:
                          "gain": acc["mean"] - random_acc["mean"], "models": acc["n"], "learned_lr": info.get("lr"),
                          "distill_s": info["wall_s"], "experts_s": round(t_experts, 1),
                          "iterations": cfg["distill"]["iterations"], "syn_steps": cfg["distill"]["syn_steps"],
-                         "experts": cfg["experts"]["num"], "set": set_location(cfg).uri})
+                         "max_start": cfg["distill"]["max_start_epoch"],
+                         "experts": cfg["experts"]["num"], "overrides": args.override,
+                         "set": set_location(cfg).uri})
             write(args, rows)
             print(rows[-1], flush=True)
 
 
 def write(args: argparse.Namespace, rows: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
-    setup = (f"Fashion-MNIST, ConvNet-3 width {args.width} (instance norm), {args.experts} experts × {args.expert_epochs} epochs "
-             f"(plain for mtt/datm; {args.ast_experts} smooth × {args.ast_expert_epochs} epochs for ast; the plain ones convexified for mct), syn_steps {args.syn_steps}, expert_epochs 2, "
-             f"iterations {args.iterations}, max_start {args.max_start}, evaluation: {args.models} fresh ConvNet-3 "
-             "per set, 300 epochs, DSA, final accuracy (mean ± std)")
-    meta = {"command": "python " + " ".join(sys.argv), "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-            "setup": setup}
-    (RESULTS / "distill_accuracy.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = ["# Distilled vs random-real accuracy, Fashion-MNIST", "", f"Command: `{meta['command']}`  ",
+    out = RESULTS / "distill_accuracy.json"
+    command = "python " + " ".join(sys.argv)
+    commands = json.loads(out.read_text())["meta"].get("commands", []) if out.exists() else []
+    setup = (f"Fashion-MNIST, ConvNet-3 width {args.width} (instance norm), {args.experts} experts × {args.expert_epochs} "
+             f"epochs (plain for mtt/datm; {args.ast_experts} smooth × {args.ast_expert_epochs} epochs for ast; the plain "
+             "ones convexified for mct), expert_epochs 2, one Ray Train worker with 2 CPUs; evaluation: "
+             f"{args.models} fresh ConvNet-3 per set, 300 epochs, DSA, final accuracy (mean ± std). Iterations, "
+             "syn_steps, max_start and extra overrides per row")
+    meta = {"commands": [*[c for c in commands if c != command], command],
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU", "setup": setup}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = ["# Distilled vs random-real accuracy, Fashion-MNIST", "",
+             "Commands (rows merge per method and IPC): " + "; ".join(f"`{c}`" for c in meta["commands"]) + "  ",
              f"Machine: {meta['machine']}  ", f"Setup: {setup}.", "",
-             "| method | IPC | distilled (%) | random-real (%) | gain (points) | learned lr | distill s |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
+             "| method | IPC | distilled (%) | random-real (%) | gain (points) | iterations | syn_steps | max_start | "
+             "overrides | learned lr | distill s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["ipc"], ["mtt", "datm", "ast", "mct"].index(r["method"]))):
         lines.append(f"| {r['method']} | {r['ipc']} | {r['distilled_mean']:.2f} ± {r['distilled_std']:.2f} | "
-                     f"{r['random_mean']:.2f} ± {r['random_std']:.2f} | {r['gain']:+.2f} | {r['learned_lr']} | {r['distill_s']} |")
+                     f"{r['random_mean']:.2f} ± {r['random_std']:.2f} | {r['gain']:+.2f} | {r['iterations']} | "
+                     f"{r['syn_steps']} | {r.get('max_start', args.max_start[r['ipc']])} | "
+                     f"{' '.join(r.get('overrides', [])) or '-'} | {r['learned_lr']:.4f} | {r['distill_s']} |")
     (RESULTS / "distill_accuracy.md").write_text("\n".join(lines) + "\n")
 
 
