@@ -117,3 +117,18 @@ def test_loss_threshold_skips_without_counting_as_failure():
     state.images.grad, state.lr.grad = torch.ones_like(state.images), torch.tensor(0.0)
     res = apply_step(state, opts, 5.0, True, guard, {**D, "loss_threshold": 1.0}, 0)
     assert not res.applied and "threshold" in res.reason and guard.total == 0
+
+
+def test_representative_init_medoids_are_real_images_of_their_class():
+    from raydd.distill.init import representatives
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 4, 4, generator=gen)
+    labels = torch.arange(3).repeat_interleave(20)
+    images, ys = representatives(x, labels, 4, "kmeans_medoid", seed=0)
+    centres, _ = representatives(x, labels, 4, "kmeans", seed=0)
+    assert images.shape == (12, 1, 4, 4) and ys.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    for img, y in zip(images, ys):
+        assert (x[labels == y] == img).flatten(1).all(1).any()  # a real image of its own class
+    assert len({tuple(img.flatten().tolist()) for img in images}) == 12  # one per cluster
+    assert not torch.equal(images, centres)  # plain k-means keeps the averages

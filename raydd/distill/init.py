@@ -42,15 +42,21 @@ def correct_indices(train: ImageData, x_all: Tensor, net: FlatModel, experts: li
 
 
 def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) -> tuple[Tensor, Tensor]:
-    """AST representative initialisation: k-means centres, or averages of random groups, per class."""
-    from raydd.quantize.kmeans import kmeans
+    """AST representative initialisation per class: k-means centres, the real image nearest each centre
+    (``kmeans_medoid``), or averages of random groups (``mean``)."""
+    from raydd.quantize.kmeans import kmeans, medoids
 
     gen = torch.Generator().manual_seed(seed)
     images, ys = [], []
     for c in labels.unique(sorted=True):
         xc = x[labels == c]
-        if how == "kmeans":
-            centres = kmeans(xc.flatten(1), ipc, gen).centers.view(ipc, *xc.shape[1:])
+        if how in ("kmeans", "kmeans_medoid"):
+            flat = xc.flatten(1)
+            result = kmeans(flat, ipc, gen)
+            centres = result.centers.view(ipc, *xc.shape[1:])
+            if how == "kmeans_medoid":  # an empty cluster (index -1) keeps its centre
+                idx = medoids(flat, result.assign, result.centers)
+                centres = torch.where((idx >= 0).view(-1, *[1] * (xc.dim() - 1)), xc[idx.clamp(min=0)], centres)
         else:
             groups = torch.randperm(xc.shape[0], generator=gen) % ipc
             centres = torch.stack([xc[groups == g].mean(0) for g in range(ipc)])
@@ -70,9 +76,9 @@ def initial_set(d: dict[str, Any], train: ImageData, spec: DatasetSpec, ipc: int
         x_all = to_model_space(train.images, spec, zca)
         idx = correct_indices(train, x_all, net, experts, ipc, seed)
         images, labels = x_all[idx], train.labels[idx]
-    elif how in ("kmeans", "mean"):
+    elif how in ("kmeans", "kmeans_medoid", "mean"):
         images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
     else:
-        raise ValueError(f"unknown distill.init {how!r}; choose real, correct, kmeans or mean")
+        raise ValueError(f"unknown distill.init {how!r}; choose real, correct, kmeans, kmeans_medoid or mean")
     soft = expert_logits(net, experts, images) if d.get("soft_labels") else None
     return images.contiguous(), labels, soft
