@@ -122,8 +122,7 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
     for r in sorted(rows, key=lambda r: (r["ipc"], ["mtt", "datm", "ast", "mct"].index(r["method"]))):
         lines.append(f"| {r['method']} | {r['ipc']} | {r['distilled_mean']:.2f} ± {r['distilled_std']:.2f} | "
                      f"{r['random_mean']:.2f} ± {r['random_std']:.2f} | {r['gain']:+.2f} | {r['iterations']} | "
-                     f"{r['syn_steps']} | {r.get('max_start', args.max_start[r['ipc']])} | "
-                     f"{' '.join(r.get('overrides', [])) or '-'} | {r['learned_lr']:.4f} | {r['distill_s']} |")
+                     f"{r['syn_steps']} | {r['max_start']} | {' '.join(r['overrides']) or '-'} | {r['learned_lr']:.4f} | {r['distill_s']} |")
     (RESULTS / "distill_accuracy.md").write_text("\n".join(lines) + "\n")
 
 

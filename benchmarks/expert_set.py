@@ -16,6 +16,7 @@ import re
 import statistics
 from pathlib import Path
 
+from raydd.storage.layout import model_tag
 from raydd.storage.trajectory import TrajectoryStore
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,7 +44,7 @@ def summary_line(log: Path | None) -> str | None:
 
 def markdown(r: dict) -> str:
     m = r["meta"]
-    lines = [f"# Expert set: {m['dataset']['name']}, {r['model_tag']}", "",
+    lines = [f"# Expert set: {m['dataset']['name']}, {model_tag(m['model'])}", "",
              f"Command: `{r['command']}`  ", f"Store: `{r['store']}`, {r['experts']} experts × {m['epochs']} epochs, "
              f"{m['variant']} variant, {m['form']} {m['dtype']}; every shard verified (row sha256s, checksum).  ",
              f"Training: SGD lr {r['config']['lr']}, momentum {r['config']['momentum']}, batch {r['config']['batch_size']}, "
@@ -67,21 +68,17 @@ def main() -> None:
     a = ap.parse_args()
     store = TrajectoryStore.open(a.store)
     store.verify()
-    meta = store.meta
+    meta = {k: v for k, v in store.meta.items() if k != "layout"}
     shards = store.manifest["shards"]
-    cfg = meta["config"]
-    tag = Path(a.store).name.rsplit("-", 1)[0]
     command = a.command or (f"raydd experts dataset={meta['dataset']['name']} model.width={meta['model']['width']} "
                             f"experts.num={len(shards)} experts.epochs={meta['epochs']} storage.root=<root>")
-    r = {"command": command, "store": a.store, "model_tag": tag, "experts": len(shards), "meta": meta,
-         "config": cfg["experts"], "bytes_total": sum(s["bytes"] for s in shards),
+    r = {"command": command, "store": a.store, "experts": len(shards), "meta": meta, "config": meta["config"]["experts"],
+         "bytes_total": sum(s["bytes"] for s in shards),
          "bytes_per_expert": statistics.fmean(s["bytes"] for s in shards), "curve": curve(store),
          "stage_summary": summary_line(a.log)}
     RESULTS.mkdir(exist_ok=True)
     name = f"experts_{meta['dataset']['name']}"
-    (RESULTS / f"{name}.json").write_text(json.dumps({k: v for k, v in r.items() if k != "meta"}
-                                                     | {"meta": {k: v for k, v in meta.items() if k != "layout"}},
-                                                     indent=2, default=str))
+    (RESULTS / f"{name}.json").write_text(json.dumps(r, indent=2, default=str))
     (RESULTS / f"{name}.md").write_text(markdown(r))
     print(markdown(r))
 

@@ -28,12 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         validate(cfg, stage)
         check_data(cfg)
         check_storage(cfg, stage)
-    except ConfigError as e:
-        print(f"raydd: error: {e}", file=sys.stderr)
-        return 2
-    try:
         importlib.import_module(f"raydd.{stage}.stage" if stage != "pipeline" else "raydd.pipeline").run(cfg)
-    except RayddError as e:  # found once the stage runs: a bad sweep space, a corrupt shard, a diverged run, ...
+    except RayddError as e:  # before or inside the stage: bad config, a corrupt shard, a diverged run, ...
         print(f"raydd: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     return 0

@@ -13,6 +13,9 @@ from raydd.evaluate.baselines import random_indices
 from raydd.models.functional import FlatModel
 
 
+REPRESENTATIVES = ("kmeans", "kmeans_medoid", "mean")  # AST's representative initialisations
+
+
 def to_model_space(images: Tensor, spec: DatasetSpec, zca: ZCA | None) -> Tensor:
     x = normalize(images, spec)
     return zca.transform(x) if zca is not None else x
@@ -76,9 +79,9 @@ def initial_set(d: dict[str, Any], train: ImageData, spec: DatasetSpec, ipc: int
         x_all = to_model_space(train.images, spec, zca)
         idx = correct_indices(train, x_all, net, experts, ipc, seed)
         images, labels = x_all[idx], train.labels[idx]
-    elif how in ("kmeans", "kmeans_medoid", "mean"):
+    elif how in REPRESENTATIVES:
         images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
     else:
-        raise ValueError(f"unknown distill.init {how!r}; choose real, correct, kmeans, kmeans_medoid or mean")
+        raise ValueError(f"unknown distill.init {how!r}; choose one of {', '.join(('real', 'correct', *REPRESENTATIVES))}")
     soft = expert_logits(net, experts, images) if d.get("soft_labels") else None
     return images.contiguous(), labels, soft
