@@ -5,7 +5,7 @@ import torch
 
 from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.matching import matching_loss
-from raydd.distill.sampling import sample_segment, start_window
+from raydd.distill.sampling import interior_points, sample_segment, start_window
 from raydd.distill.sharding import shard_indices
 from raydd.distill.state import ShardState, make_optimizers
 from raydd.distill.step import apply_step
@@ -75,6 +75,9 @@ def test_segments_respect_window_and_intermediate_points():
     assert seg.target_epochs == [seg.start + 1] and seg.target_steps == [12]
     seg = sample_segment(0, [0], {**D, "continuous_start": True, "window_grow_iters": 0}, gen)
     assert seg.start != int(seg.start) and seg.target_epochs[-1] == pytest.approx(seg.start + 2)
+    assert interior_points(D) == [(1.0, 6)] and interior_points({**D, "expert_epochs": 1}) == []
+    assert interior_points({**D, "expert_epochs": 1, "continuous_start": True}) == [(0.5, 6)]
+    assert interior_points({**D, "intermediate_weight": 0.0}) == []
 
 
 @pytest.mark.parametrize("ipc,world", [(1, 2), (10, 2), (7, 3), (50, 4)])

@@ -27,6 +27,16 @@ def start_window(iteration: int, d: dict[str, Any]) -> tuple[float, float]:
     return lo, max(lo, float(init) + (hi - float(init)) * frac)
 
 
+def interior_points(d: dict[str, Any]) -> list[tuple[float, int]]:
+    """AST's intermediate targets as (epochs after the start, inner steps); on a stored (integer-epoch)
+    trajectory only whole epochs strictly inside the segment count, so ``expert_epochs=1`` has none."""
+    n, m, k = d["syn_steps"], d["expert_epochs"], int(d.get("intermediate_points") or 0)
+    fracs = [j / (k + 1) for j in range(1, k + 1)] if d.get("intermediate_weight") else []
+    continuous = bool(d.get("continuous_start"))
+    inner = sorted({(m * f if continuous else float(int(m * f + 0.5)), max(1, int(n * f + 0.5))) for f in fracs})
+    return [(e, s) for e, s in inner if 0 < e < m and s < n]  # a point on the segment's start or end adds nothing
+
+
 def sample_segment(iteration: int, experts: list[int], d: dict[str, Any], gen: torch.Generator) -> Segment:
     """Draw an expert and a start epoch (integer, or float for MCT's continuous sampling) and the targets.
 
@@ -40,11 +50,8 @@ def sample_segment(iteration: int, experts: list[int], d: dict[str, Any], gen: t
         start = lo + (hi - lo) * float(torch.rand(1, generator=gen, dtype=torch.float64))
     else:
         start = float(int(torch.randint(int(lo), int(hi) + 1, (1,), generator=gen)))
-    n, m, k = d["syn_steps"], d["expert_epochs"], int(d.get("intermediate_points") or 0)
-    fracs = [j / (k + 1) for j in range(1, k + 1)] if d.get("intermediate_weight") else []
-    inner = sorted({(m * f if continuous else float(int(m * f + 0.5)), max(1, int(n * f + 0.5))) for f in fracs})
-    inner = [(e, s) for e, s in inner if 0 < e < m and s < n]  # a point on the segment's start or end adds nothing
-    epochs = [start + e for e, _ in inner] + [start + m]
-    steps = [s for _, s in inner] + [n]
+    inner = interior_points(d)
+    epochs = [start + e for e, _ in inner] + [start + d["expert_epochs"]]
+    steps = [s for _, s in inner] + [d["syn_steps"]]
     weights = [float(d["intermediate_weight"])] * len(inner) + [1.0]
     return Segment(expert, start, epochs, steps, weights)

@@ -18,6 +18,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from raydd.data.registry import load_dataset
 from raydd.data.types import DatasetSpec, ImageData
 from raydd.distill.init import initial_set, to_model_space
+from raydd.distill.sampling import interior_points
 from raydd.distill.state import load_all_shards
 from raydd.distill.worker import train_fn
 from raydd.models.functional import FlatModel
@@ -42,6 +43,9 @@ def open_store(cfg: dict[str, Any]) -> TrajectoryStore:
                          f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
     if d.get("continuous_start") and store.meta.get("form") != "convex":
         raise ValueError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
+    if d.get("intermediate_weight") and not interior_points(d):
+        print(f"note: no intermediate matching: a segment of expert_epochs={d['expert_epochs']} has no stored "
+              "epoch strictly inside it")
     return store
 
 
@@ -111,7 +115,8 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
         images, labels, soft, lr, history = assemble(Path(path))
     meta = {"method": cfg["method"]["name"], "ipc": cfg["ipc"], "dataset": spec.name, "model": cfg["model"],
             "workers": cfg["workers"], "iterations": d["iterations"], "syn_steps": d["syn_steps"],
-            "expert_epochs": d["expert_epochs"], "experts": experts_location(cfg).uri,
+            "expert_epochs": d["expert_epochs"], "intermediate_targets": len(interior_points(d)),
+            "experts": experts_location(cfg).uri,
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)
