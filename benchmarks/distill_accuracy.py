@@ -32,6 +32,8 @@ def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
               f"distill.iterations={args.iterations[ipc]}", *(f"distill.{k}={v}" for k, v in PER_IPC[ipc].items()),
               "distill.eval_every=0", "distill.checkpoint_every=50", "workers=1", f"distill.cpus_per_worker={args.cpus}",
               f"evaluate.num_models={args.models}", "evaluate.epochs=300"]
+    if method == "ast":  # twice the steps over two epochs of its faster smooth experts (configs/method/ast.yaml)
+        common += ["distill.expert_epochs=2", f"distill.syn_steps={2 * PER_IPC[ipc]['syn_steps']}"]
     common += args.override
     if method == "datm":
         common += [f"distill.max_start_epoch_init={max(1, PER_IPC[ipc]['max_start_epoch'] // 2)}",
