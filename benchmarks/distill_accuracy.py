@@ -126,8 +126,8 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
              "max_start | overrides | learned lr | distill s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["ipc"], ["mtt", "datm", "ast", "mct"].index(r["method"]))):
         lines.append(f"| {r['method']} | {r['ipc']} | {r['distilled_mean']:.2f} ± {r['distilled_std']:.2f} | "
-                     f"{r['random_mean']:.2f} ± {r['random_std']:.2f} | {r['gain']:+.2f} | {r['experts']} | {r['iterations']} | {r.get('expert_epochs', 2)} | "
-                     f"{r['syn_steps']} | {r.get('batch_syn') or 'all'} | {r['max_start']} | {' '.join(r['overrides']) or '-'} | {r['learned_lr']:.4f} | {r['distill_s']} |")
+                     f"{r['random_mean']:.2f} ± {r['random_std']:.2f} | {r['gain']:+.2f} | {r['experts']} | {r['iterations']} | {r['expert_epochs']} | "
+                     f"{r['syn_steps']} | {r['batch_syn'] or 'all'} | {r['max_start']} | {' '.join(r['overrides']) or '-'} | {r['learned_lr']:.4f} | {r['distill_s']} |")
     (RESULTS / "distill_accuracy.md").write_text("\n".join(lines) + "\n")
 
 
