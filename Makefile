@@ -9,9 +9,9 @@ export RAY_AUTH_MODE ?= disabled
 
 $(BIN)/raydd: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(PINNED)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-cache-dir --upgrade pip
+	$(BIN)/pip install -q --no-cache-dir $(PINNED)
+	$(BIN)/pip install -q --no-cache-dir -e ".[dev]"
 	@touch $@
 
 setup: $(BIN)/raydd fashion-mnist

@@ -89,10 +89,14 @@ def main() -> None:
         c["grad_rel_diff"] = abs(c["grad_norm"] - p["grad_norm"]) / p["grad_norm"]
     name = "unroll_memory" if args.device == "cpu" else f"unroll_memory_{args.device}"
     RESULTS.mkdir(exist_ok=True)
-    meta = {"command": " ".join(["python", *sys.argv]), "device": args.device, "machine": platform.processor() or platform.machine(),
+    import torch
+
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    meta = {"command": " ".join(["python", *sys.argv]), "device": args.device, "machine": machine, "torch": torch.__version__,
             "setup": f"IPC10 ×10 classes, 32×32×3, ConvNet-3 width {args.width}, full set per step, DSA on, {args.iters} iterations"}
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Plain vs constant-memory unroll ({args.device})", "", f"Command: `{meta['command']}`  ", f"Setup: {meta['setup']}.", "",
+    lines = [f"# Plain vs constant-memory unroll ({args.device})", "", f"Command: `{meta['command']}`  ", f"Setup: {meta['setup']}.  ",
+             f"Machine: {machine}, torch {torch.__version__}.", "",
              "| unroll | syn_steps | s / outer iteration | peak MB | memory vs plain | time vs plain |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['unroll']} | {r['syn_steps']} | {r['s_per_iter']:.2f} | {r['peak_mb']:.0f} | "

@@ -135,3 +135,23 @@ def test_representative_init_medoids_are_real_images_of_their_class():
         assert (x[labels == y] == img).flatten(1).all(1).any()  # a real image of its own class
     assert len({tuple(img.flatten().tolist()) for img in images}) == 12  # one per cluster
     assert not torch.equal(images, centres)  # plain k-means keeps the averages
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("unroll", [unroll_plain, unroll_constant_memory])
+def test_unroll_on_cuda_matches_cpu(unroll):
+    grads = []
+    for device in ("cpu", "cuda"):
+        (fm, images, labels, logits, lr, start, plan, targets, spec), _ = _case(0.5, True, True)
+        fm = FlatModel(fm.module.to(device))
+        leaves = [t.detach().to(device).requires_grad_() for t in (images, lr, logits)]
+        args = (fm, leaves[0], labels.to(device), leaves[2], leaves[1], start.to(device), plan,
+                Targets(start.to(device), targets.steps, [t.to(device) for t in targets.points], targets.weights), spec)
+        if unroll is unroll_plain:
+            unroll(*args).backward()
+        else:
+            unroll(*args, leaves=leaves)
+        grads.append([leaf.grad.cpu() for leaf in leaves])
+    for cpu, cuda in zip(*grads):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-3, atol=1e-3 * cpu.abs().max().item())
