@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ import torch
 from raydd.config import compose
 
 VARIANTS = ["random", "ddoq-pixel", "ddoq-pca", "ddoq-autoencoder", "d4m-pixel", "ddoq-pixel-medoid",
-            "ddoq-autoencoder-medoid"]
+            "ddoq-autoencoder-medoid", "d4m-autoencoder-medoid"]
 FASHION_MEAN, FASHION_STD = 0.2861, 0.3530
 SCALING_IPC = 50
 
@@ -204,11 +205,20 @@ def write_partial(args: argparse.Namespace, data: dict[str, Any]) -> None:
     merged = {**previous, **data, "commands": [*[c for c in commands if c != command], command], "machine": machine(),
               "protocol": {"dataset": "fashion_mnist (60k train / 10k test)", "model": f"ConvNet-3 width {compose([])['model']['width']}, instance norm",
                            "evaluate": "SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half, batch 256, DSA",
-                           "models_per_set": args.models, "quantize": "k-means++ (seeded) + Lloyd, max_iters 100, tol 1e-6, "
+                           "models_per_set": previous.get("protocol", {}).get("models_per_set", args.models), "quantize": "k-means++ (seeded) + Lloyd, max_iters 100, tol 1e-6, "
                            "latent_dim 64 for pca/autoencoder, autoencoder 5 epochs on 20k images (trained once, reused); "
                            "-medoid: the training image nearest each centroid instead of the decoded centroid"}}
     (out / "ddoq.json").write_text(json.dumps(merged, indent=2))
     (out / "ddoq.md").write_text(markdown(merged))
+
+
+def margins(accuracies: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """Each variant's mean minus random-real's, in points, with the standard error of that difference."""
+    def mean_var(xs: list[float]) -> tuple[float, float]:
+        return 100 * statistics.fmean(xs), (100 * statistics.stdev(xs)) ** 2 / len(xs) if len(xs) > 1 else 0.0
+
+    m0, v0 = mean_var(accuracies["random"])
+    return {n: (m - m0, (v + v0) ** 0.5) for n, (m, v) in ((n, mean_var(xs)) for n, xs in accuracies.items() if n != "random")}
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -221,12 +231,13 @@ def markdown(r: dict[str, Any]) -> str:
              + (" (above the core count: other work shared the cores, wall times are upper bounds)."
                 if max(m["loadavg"]) > m["cpus"] else " (a quiet machine)."), "",
              f"Protocol: {r['protocol']['model']}; {r['protocol']['evaluate']}; {r['protocol']['models_per_set']} models "
-             f"per set (mean ± population std, %). Quantize: {r['protocol']['quantize']}.", ""]
+             f"per set unless a cell says n= (mean ± population std, %). Quantize: {r['protocol']['quantize']}.", ""]
     acc = r.get("accuracy", {})
     if acc:
         names = [n for n in VARIANTS if any(n in v["summary"] for v in acc.values())]
-        cell = {(ipc, n): f"{v['summary'][n]['mean']:.2f} ± {v['summary'][n]['std']:.2f}"
-                for ipc, v in acc.items() for n in v["summary"]}
+        usual = r["protocol"]["models_per_set"]
+        cell = {(ipc, n): f"{s['mean']:.2f} ± {s['std']:.2f}" + (f" (n={s['n']})" if s["n"] != usual else "")
+                for ipc, v in acc.items() for n, s in v["summary"].items()}
         lines += ["## Test accuracy (%; bold: above random-real)", "", "| IPC | epochs | " + " | ".join(names) + " |",
                   "|---|---|" + "---|" * len(names)]
         for ipc, v in acc.items():
@@ -236,11 +247,16 @@ def markdown(r: dict[str, Any]) -> str:
             epochs = "/".join(str(e) for e in sorted({x["epochs"] for x in v["summary"].values()}))
             lines.append(f"| {ipc} | {epochs} | " + " | ".join(cells) + " |")
         quantized = [n for n in names if n != "random"]
-        losing = {n: [ipc for ipc, v in acc.items() if n in v["summary"] and "random" in v["summary"]
-                      and v["summary"][n]["mean"] <= v["summary"]["random"]["mean"]] for n in quantized}
-        lines += ["", "Above random-real at every IPC: " + (", ".join(n for n in quantized if not losing[n]) or "none")
-                  + ". Not: " + (", ".join(f"{n} (IPC {', '.join(losing[n])})" for n in quantized if losing[n]) or "none")
-                  + "."]
+        margin = {(ipc, n): ms for ipc, v in acc.items() if "random" in v["accuracies"]
+                  for n, ms in margins(v["accuracies"]).items()}
+        short = {n: [ipc for ipc in acc if (ipc, n) in margin and margin[ipc, n][0] <= 2 * margin[ipc, n][1]]
+                 for n in quantized}
+        lines += ["", "Above random-real by more than two standard errors at every IPC: "
+                  + (", ".join(n for n in quantized if not short[n]) or "none") + ". Not: "
+                  + (", ".join(f"{n} (IPC {', '.join(short[n])})" for n in quantized if short[n]) or "none") + ".",
+                  "", "Margin over random-real (difference of means ± its standard error, from the per-model accuracies):", ""]
+        lines += [f"- IPC {ipc}: " + ", ".join(f"{n} {margin[ipc, n][0]:+.2f} ± {margin[ipc, n][1]:.2f}"
+                                             for n in quantized if (ipc, n) in margin) for ipc in acc]
         lines += ["", "## Wall time (s): quantize `run()` per set in a warm 2-CPU Ray session (the autoencoder's "
                   "includes its training at the first IPC); evaluation of all sets of a run in parallel", "",
                   "| IPC | " + " | ".join(quantized) + " | evaluation runs |", "|---|" + "---|" * (len(quantized) + 1)]
