@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/ddoq.py --ipcs 1 --epochs 20 --models 1 --no-scaling   # a quick look
 
 Accuracy: for each IPC, sets from ``raydd quantize`` (ddoq with the pixel, pca and autoencoder
-encoders; d4m with pixel) and the random-real baseline, each evaluated with
+encoders, decoded centroids or medoids; d4m: the same prototypes unweighted; a trailing number on
+the encoder sets ``quantize.latent_dim``, e.g. ``ddoq-autoencoder16-medoid``) and the random-real baseline, each evaluated with
 ``raydd.evaluate.run.evaluate_set`` (ConvNet-3 at the embedded default width, DSA, K models). Scaling: the
 pixel-encoder quantize stage at IPC 50 in a fresh process and Ray session per point, on
 10k/30k/60k training images (Parquet subsets) with 1 and 2 CPUs, and on the full
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -31,7 +33,8 @@ import torch
 from raydd.config import compose
 
 VARIANTS = ["random", "ddoq-pixel", "ddoq-pca", "ddoq-autoencoder", "d4m-pixel", "ddoq-pixel-medoid",
-            "ddoq-autoencoder-medoid", "d4m-autoencoder-medoid"]
+            "ddoq-autoencoder-medoid", "d4m-autoencoder-medoid", "ddoq-autoencoder16", "ddoq-autoencoder16-medoid",
+            "d4m-autoencoder16-medoid"]
 FASHION_MEAN, FASHION_STD = 0.2861, 0.3530
 SCALING_IPC = 50
 
@@ -137,10 +140,11 @@ def scaling(root: str, sizes: list[int], repeats: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- accuracy
 
 def variant_overrides(root: str, name: str, ipc: int) -> list[str]:
-    """``<method>-<encoder>[-medoid]`` → quantize overrides."""
+    """``<method>-<encoder>[<latent_dim>][-medoid]`` → quantize overrides (``ddoq-autoencoder16-medoid``)."""
     method, encoder, *rest = name.split("-")
-    return overrides(root, method, encoder, ipc, f"quantize.prototype={'medoid' if rest == ['medoid'] else 'centroid'}",
-                     run_name=f"{name}-ipc{ipc}")
+    kind, dim = re.fullmatch(r"([a-z]+)(\d*)", encoder).groups()
+    return overrides(root, method, kind, ipc, f"quantize.prototype={'medoid' if rest == ['medoid'] else 'centroid'}",
+                     *([f"quantize.latent_dim={dim}"] if dim else []), run_name=f"{name}-ipc{ipc}")
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -206,7 +210,7 @@ def write_partial(args: argparse.Namespace, data: dict[str, Any]) -> None:
               "protocol": {"dataset": "fashion_mnist (60k train / 10k test)", "model": f"ConvNet-3 width {compose([])['model']['width']}, instance norm",
                            "evaluate": "SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half, batch 256, DSA",
                            "models_per_set": previous.get("protocol", {}).get("models_per_set", args.models), "quantize": "k-means++ (seeded) + Lloyd, max_iters 100, tol 1e-6, "
-                           "latent_dim 64 for pca/autoencoder, autoencoder 5 epochs on 20k images (trained once, reused); "
+                           "latent_dim 64 for pca/autoencoder unless the encoder name ends in another (autoencoder16: 16), autoencoder 5 epochs on 20k images (trained once, reused); "
                            "-medoid: the training image nearest each centroid instead of the decoded centroid"}}
     (out / "ddoq.json").write_text(json.dumps(merged, indent=2))
     (out / "ddoq.md").write_text(markdown(merged))
