@@ -209,7 +209,7 @@ def write_partial(args: argparse.Namespace, data: dict[str, Any]) -> None:
     merged = {**previous, **data, "commands": [*[c for c in commands if c != command], command], "machine": machine(),
               "protocol": {"dataset": "fashion_mnist (60k train / 10k test)", "model": f"ConvNet-3 width {compose([])['model']['width']}, instance norm",
                            "evaluate": "SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half, batch 256, DSA",
-                           "models_per_set": previous.get("protocol", {}).get("models_per_set", args.models), "quantize": "k-means++ (seeded) + Lloyd, max_iters 100, tol 1e-6, "
+                           "quantize": "k-means++ (seeded) + Lloyd, max_iters 100, tol 1e-6, "
                            "latent_dim 64 for pca/autoencoder unless the encoder name ends in another (autoencoder16: 16), autoencoder 5 epochs on 20k images (trained once, reused); "
                            "-medoid: the training image nearest each centroid instead of the decoded centroid"}}
     (out / "ddoq.json").write_text(json.dumps(merged, indent=2))
@@ -234,27 +234,27 @@ def markdown(r: dict[str, Any]) -> str:
              f"write time {tuple(round(x, 1) for x in m['loadavg'])}"
              + (" (above the core count: other work shared the cores, wall times are upper bounds)."
                 if max(m["loadavg"]) > m["cpus"] else " (a quiet machine)."), "",
-             f"Protocol: {r['protocol']['model']}; {r['protocol']['evaluate']}; {r['protocol']['models_per_set']} models "
-             f"per set unless a cell says n= (mean ± population std, %). Quantize: {r['protocol']['quantize']}.", ""]
+             f"Protocol: {r['protocol']['model']}; {r['protocol']['evaluate']}.", ""]
     acc = r.get("accuracy", {})
     if acc:
         names = [n for n in VARIANTS if any(n in v["summary"] for v in acc.values())]
-        usual = r["protocol"]["models_per_set"]
+        usual = statistics.mode(s["n"] for v in acc.values() for s in v["summary"].values())
+        lines[-2] += (f" {usual} models per set unless a cell says n= (mean ± population std, %). "
+                      f"Quantize: {r['protocol']['quantize']}.")
+        margin = {(ipc, n): ms for ipc, v in acc.items() if "random" in v["accuracies"]
+                  for n, ms in margins(v["accuracies"]).items()}
+        beats = {key for key, (m, se) in margin.items() if m > 2 * se}
         cell = {(ipc, n): f"{s['mean']:.2f} ± {s['std']:.2f}" + (f" (n={s['n']})" if s["n"] != usual else "")
                 for ipc, v in acc.items() for n, s in v["summary"].items()}
-        lines += ["## Test accuracy (%; bold: above random-real)", "", "| IPC | epochs | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]
+        lines += ["## Test accuracy (%; bold: above random-real by more than two standard errors of the difference)", "",
+                  "| IPC | epochs | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for ipc, v in acc.items():
-            rand = v["summary"].get("random", {}).get("mean", float("inf"))
-            cells = [("**" + cell[ipc, n] + "**" if v["summary"][n]["mean"] > rand else cell[ipc, n])
-                     if (ipc, n) in cell else "–" for n in names]
+            cells = [("**" + cell[ipc, n] + "**" if (ipc, n) in beats else cell[ipc, n]) if (ipc, n) in cell else "–"
+                     for n in names]
             epochs = "/".join(str(e) for e in sorted({x["epochs"] for x in v["summary"].values()}))
             lines.append(f"| {ipc} | {epochs} | " + " | ".join(cells) + " |")
         quantized = [n for n in names if n != "random"]
-        margin = {(ipc, n): ms for ipc, v in acc.items() if "random" in v["accuracies"]
-                  for n, ms in margins(v["accuracies"]).items()}
-        short = {n: [ipc for ipc in acc if (ipc, n) in margin and margin[ipc, n][0] <= 2 * margin[ipc, n][1]]
-                 for n in quantized}
+        short = {n: [ipc for ipc in acc if (ipc, n) in margin and (ipc, n) not in beats] for n in quantized}
         lines += ["", "Above random-real by more than two standard errors at every IPC: "
                   + (", ".join(n for n in quantized if not short[n]) or "none") + ". Not: "
                   + (", ".join(f"{n} (IPC {', '.join(short[n])})" for n in quantized if short[n]) or "none") + ".",
