@@ -60,6 +60,20 @@ def test_matching_loss_goes_down(root, method):
     assert (ds.soft_labels is not None) == (method == "datm")
 
 
+def test_one_and_two_workers_distil_the_same_set(root):
+    """The exact sharded objective: the set after K iterations does not depend on the worker count
+    (3 workers, uneven shards, are checked at the math level in test_distill_math.py)."""
+    sets = {}
+    for workers in (1, 2):
+        cfg = config(root, "method=mtt", "ipc=3", "distill.iterations=3", "distill.batch_syn=12", f"workers={workers}",
+                     f"run_name=exact-w{workers}")
+        distill_stage.run(cfg)
+        sets[workers] = load_set(set_location(cfg))
+    torch.testing.assert_close(sets[2].images, sets[1].images, rtol=1e-4, atol=1e-4)
+    assert sets[2].lr == pytest.approx(sets[1].lr, rel=1e-4)
+    assert sets[2].meta["workers"] == 2
+
+
 def test_two_workers_follow_sharding_and_update_every_image(root):
     cfg = config(root, "method=mtt", "ipc=3", "distill.iterations=4", "workers=2")
     before, before_labels, _ = distill_stage.initial_set_for(cfg, distill_stage.open_store(cfg))
@@ -86,8 +100,8 @@ def train_worker_pids() -> list[int]:
     return pids
 
 
-def test_killed_worker_resumes_from_checkpoint(root):
-    cfg = config(root, "method=mtt", "ipc=2", "distill.iterations=60", "distill.checkpoint_every=5", "workers=2",
+def test_killed_worker_resumes_from_checkpoint_with_the_exact_objective(root):
+    cfg = config(root, "method=mtt", "ipc=2", "distill.iterations=40", "distill.checkpoint_every=5", "workers=2",
                  "distill.max_failures=2", "run_name=killed")
     train_dir = Path(root) / "train"
     killed = []
@@ -107,9 +121,57 @@ def test_killed_worker_resumes_from_checkpoint(root):
     thread.join()
     assert killed, "the test killed a worker"
     curve = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)
-    assert curve["iteration"].tolist() == list(range(1, 61)), "history continues from the checkpoint, no gaps"
+    assert curve["iteration"].tolist() == list(range(1, 41)), "history continues from the checkpoint, no gaps"
     ds = load_set(set_location(cfg))
     assert ds.images.shape[0] == 20 and torch.isfinite(ds.images).all()
+    clean = config(root, "method=mtt", "ipc=2", "distill.iterations=40", "distill.checkpoint_every=5", "workers=2",
+                   "run_name=not-killed")
+    distill_stage.run(clean)
+    torch.testing.assert_close(ds.images, load_set(set_location(clean)).images, rtol=1e-4, atol=1e-4)
+
+
+def test_the_digits_ipc1_example_gets_past_the_lr_on_one_and_two_workers(tmp_path, ray_session):
+    """`raydd distill dataset=digits method=mtt ipc=1 distill.iterations=5` with the default settings."""
+    for workers in (1, 2):
+        cfg = compose(["dataset=digits", "method=mtt", "ipc=1", "distill.iterations=5", f"workers={workers}",
+                       f"storage.root={tmp_path}", f"run_name=digits-w{workers}"])
+        experts_stage.run(cfg)
+        distill_stage.run(cfg)
+        curve = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)
+        assert curve["rejected"].iloc[-1] <= 0.1 * len(curve), curve
+        assert (curve["lr"] > 0).all()
+
+
+def test_divergence_is_an_error_that_ray_train_does_not_retry(root):
+    """A deterministic failure ends the workers normally (no retry from the checkpoint) and the run says why."""
+    from raydd.distill.guards import DivergedError
+
+    cfg = config(root, "method=mtt", "ipc=2", "distill.iterations=20", "workers=2", "distill.lr_param=plain",
+                 "distill.lr_lr=1e3", "distill.guard_patience=3", "distill.max_failures=2", "run_name=diverges")
+    with pytest.raises(DivergedError, match="3 rejected steps in a row.*no set was written"):
+        distill_stage.run(cfg)
+    assert not set_location(cfg).join("set.parquet").exists()
+    runs = list((Path(root) / "train").glob("diverges-*"))
+    assert len(runs) == 1
+
+
+def test_mostly_rejected_run_fails_instead_of_writing_a_set(root):
+    from raydd.distill.guards import DivergedError
+
+    cfg = config(root, "method=mtt", "ipc=2", "distill.iterations=6", "workers=1", "distill.lr_param=plain",
+                 "distill.lr_lr=1e3", "distill.lr_backoff=1.0", "distill.guard_patience=100", "run_name=rejected")
+    with pytest.raises(DivergedError, match=r"6 of 6 distillation steps were rejected \(learned lr left"):
+        distill_stage.run(cfg)
+    assert not set_location(cfg).join("set.parquet").exists()
+
+
+def test_asking_for_gpus_without_any_fails_before_work(root, capsys):
+    from raydd.cli import main
+
+    code = main(["distill", *TINY, f"storage.root={root}", "method=mtt", "distill.gpus_per_worker=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("raydd: error: distill.gpus_per_worker × workers asks for 1 GPUs but the Ray cluster has 0")
 
 
 def test_thousand_class_stand_in_goes_through_experts_and_distill(tmp_path, ray_session):

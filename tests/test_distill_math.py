@@ -1,5 +1,7 @@
 """Pure distillation math: unroll gradients, sampling windows, sharding, guards."""
 
+import math
+
 import pytest
 import torch
 
@@ -9,43 +11,149 @@ from raydd.distill.sampling import interior_points, sample_segment, start_window
 from raydd.distill.sharding import shard_indices
 from raydd.distill.state import ShardState, make_optimizers
 from raydd.distill.step import apply_step
-from raydd.distill.unroll import Targets, UnrollSpec, plan_steps, unroll_constant_memory, unroll_plain
+from raydd.distill.sharding import ShardMap, plan_steps
+from raydd.distill.unroll import Targets, UnrollSpec, unroll
+from raydd.evaluate.train import per_sample_loss
 from raydd.models.convnet import ConvNet
 from raydd.models.functional import FlatModel, flatten_params
 
 D = {"min_start_epoch": 0, "max_start_epoch": 10, "max_start_epoch_init": 2, "window_grow_iters": 100,
      "syn_steps": 12, "expert_epochs": 2, "intermediate_points": 1, "intermediate_weight": 0.5,
      "continuous_start": False, "lr_img": 100.0, "momentum_img": 0.5, "lr_lr": 1e-5, "lr_label": 5.0, "ema": 0.0,
-     "loss_threshold": None}
+     "loss_threshold": None, "lr_param": "plain", "lr_init": 0.01, "lr_backoff": 0.5}
 
 
-def _case(momentum: float, balanced: bool, soft: bool, dsa: bool = True):
+def case(momentum: float, balanced: bool, soft: bool, n: int = 12, batch: int = 6, steps: int = 5):
+    """A tiny unroll problem: the whole set, a plan over it, targets at steps 2 and ``steps``."""
     torch.manual_seed(0)
     net = ConvNet(1, 4, 8, width=8, depth=2)
     start = flatten_params(net)
-    images = torch.randn(12, 1, 8, 8, requires_grad=True)
-    labels = torch.arange(4).repeat(3)
-    logits = torch.randn(12, 4, requires_grad=True) if soft else None
-    lr = torch.tensor(0.02, requires_grad=True)
-    plan = plan_steps(12, 5, 6, torch.Generator().manual_seed(1))
-    targets = Targets(start, [2, 5], [start + 0.01 * torch.randn_like(start), start + 0.03 * torch.randn_like(start)], [0.5, 1.0])
-    leaves = [images, lr] + ([logits] if soft else [])
-    return (FlatModel(net), images, labels, logits, lr, start, plan, targets, UnrollSpec(momentum, balanced, dsa)), leaves
+    images = torch.randn(n, 1, 8, 8)
+    labels = torch.arange(4).repeat(n // 4)
+    logits = torch.randn(n, 4) if soft else None
+    targets = Targets(start, [2, steps], [start + 0.01 * torch.randn_like(start), start + 0.03 * torch.randn_like(start)],
+                      [0.5, 1.0])
+    return net, images, labels, logits, start, targets, UnrollSpec(momentum), dict(syn_steps=steps, batch=batch, balanced=balanced)
+
+
+def autograd_oracle(net, images, labels, soft, lr, start, targets, spec, steps):
+    """The textbook unroll: one differentiable graph through every step, then ``backward`` (the reference's way)."""
+    from raydd.data.dsa import dsa
+    from raydd.distill.matching import matching_loss
+
+    fm, theta, vel, matched = FlatModel(net), start.clone().requires_grad_(True), torch.zeros_like(start), {}
+    for i, st in enumerate(steps):
+        x = dsa(images[st.rows], st.seed, rows=st.positions, total=st.size)
+        per = per_sample_loss(fm(theta, x), labels[st.rows], None if soft is None else soft[st.rows])
+        (g,) = torch.autograd.grad((per * st.weights).sum(), theta, create_graph=True)
+        vel = spec.momentum * vel + g
+        theta = theta - lr * vel
+        matched[i + 1] = theta
+    loss = sum(w * matching_loss(matched[s], p, targets.start) for s, p, w in zip(targets.steps, targets.points, targets.weights))
+    loss.backward()
+    return loss.detach()
+
+
+def sharded_grads(world: int, rank: int, problem, keep_graph: bool, reduce=None, device: str = "cpu"):
+    """This rank's image/soft-label gradients (scattered into whole-set tensors), lr gradient and loss."""
+    net, images, labels, soft, start, targets, spec, plan_args = problem
+    shards = ShardMap.of(labels, world)
+    mine = (shards.owner == rank).nonzero().squeeze(1)
+    mine = mine[torch.argsort(shards.local[mine])]
+    x = images[mine].clone().to(device).requires_grad_(True)
+    s = soft[mine].clone().to(device).requires_grad_(True) if soft is not None else None
+    plan = plan_steps(labels, shards, rank, plan_args["syn_steps"], plan_args["batch"], plan_args["balanced"],
+                      torch.Generator().manual_seed(1))
+    spec = UnrollSpec(spec.momentum, keep_graph=keep_graph)
+    targets = Targets(targets.start.to(device), targets.steps, [p.to(device) for p in targets.points], targets.weights)
+    out = unroll(FlatModel(net.to(device)), x, labels[mine].to(device), s, torch.tensor(0.02, device=device),
+                 start.to(device), plan, targets, spec, **({"reduce": reduce} if reduce else {}))
+    gx = torch.zeros_like(images)
+    gx[mine] = x.grad.cpu()
+    gs = None
+    if soft is not None:
+        gs = torch.zeros_like(soft)
+        gs[mine] = s.grad.cpu()
+    return gx, gs, out.lr_grad.cpu(), out.loss.cpu()
 
 
 @pytest.mark.parametrize("momentum,balanced,soft", [(0.0, False, False), (0.5, True, True), (0.9, False, True)])
-def test_constant_memory_gradient_equals_plain(momentum, balanced, soft):
-    args, leaves = _case(momentum, balanced, soft)
-    loss = unroll_plain(*args)
-    loss.backward()
-    plain = [leaf.grad.clone() for leaf in leaves]
-    for leaf in leaves:
-        leaf.grad = None
-    loss_cm = unroll_constant_memory(*args, leaves=leaves)
-    assert torch.allclose(loss.detach(), loss_cm, rtol=1e-5)
-    for a, b in zip(plain, [leaf.grad for leaf in leaves]):
-        assert a.abs().sum() > 0
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+@pytest.mark.parametrize("keep_graph", [True, False])
+def test_unroll_gradient_equals_autograd_through_the_whole_loop(momentum, balanced, soft, keep_graph):
+    problem = case(momentum, balanced, soft)
+    net, images, labels, logits, start, targets, spec, plan_args = problem
+    gx, gs, lr_grad, loss = sharded_grads(1, 0, problem, keep_graph)
+    order = torch.argsort(labels, stable=True)  # one worker's shard: the set in class order
+    x = images[order].clone().requires_grad_(True)
+    s = logits[order].clone().requires_grad_(True) if soft else None
+    lr = torch.tensor(0.02, requires_grad=True)
+    plan = plan_steps(labels, ShardMap.of(labels, 1), 0, plan_args["syn_steps"], plan_args["batch"], balanced,
+                      torch.Generator().manual_seed(1))
+    ref_loss = autograd_oracle(net, x, labels[order], s, lr, start, targets, spec, plan)
+    gx, gs = gx[order], (gs[order] if soft else None)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
+    for ours, ref in [(gx, x.grad), (lr_grad, lr.grad), *([(gs, s.grad)] if soft else [])]:
+        assert ref.abs().sum() > 0
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def _sharded_worker(rank: int, world: int, port: int, keep_graph: bool, backend: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    device = f"cuda:{rank}" if backend == "nccl" else "cpu"
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+
+    def reduce(t):
+        dist.all_reduce(t)
+        return t
+
+    problem = case(0.5, True, True, n=12, batch=8, steps=4)
+    gx, gs, lr_grad, loss = (t.to(device) for t in sharded_grads(world, rank, problem, keep_graph, reduce, device))
+    dist.all_reduce(gx)
+    dist.all_reduce(gs)
+    if rank == 0:
+        torch.save({k: v.cpu() for k, v in {"images": gx, "soft": gs, "lr": lr_grad, "loss": loss}.items()}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world,keep_graph,backend", [
+    (2, True, "gloo"), (3, False, "gloo"),
+    pytest.param(2, True, "nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="NCCL needs a GPU per process: 2 GPUs")]),
+])
+def test_sharded_unroll_gives_the_one_worker_gradients(tmp_path, world, keep_graph, backend):
+    """Real all-reduces across processes (gloo on CPU, NCCL on GPUs): N workers compute the 1-worker image,
+    soft-label and lr gradients."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = str(tmp_path / "grads.pt")
+    mp.spawn(_sharded_worker, args=(world, port, keep_graph, backend, out), nprocs=world, join=True)
+    sharded = torch.load(out, weights_only=True)
+    gx, gs, lr_grad, loss = sharded_grads(1, 0, case(0.5, True, True, n=12, batch=8, steps=4), keep_graph)
+    assert float(sharded["loss"]) == pytest.approx(float(loss), rel=1e-5)
+    for name, ref in [("images", gx), ("soft", gs), ("lr", lr_grad)]:
+        assert ref.abs().sum() > 0
+        torch.testing.assert_close(sharded[name], ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_every_worker_holds_its_share_of_each_mini_batch():
+    labels = torch.arange(10).repeat_interleave(3)
+    for world in (1, 2, 4):
+        shards = ShardMap.of(labels, world)
+        plans = [plan_steps(labels, shards, r, 7, 8, True, torch.Generator().manual_seed(5)) for r in range(world)]
+        for parts in zip(*plans):
+            assert len({p.seed for p in parts}) == 1 and {p.size for p in parts} == {8}
+            positions = torch.cat([p.positions for p in parts]).sort().values
+            assert torch.equal(positions, torch.arange(8))
+            assert sum(float(p.weights.sum()) for p in parts) == pytest.approx(1.0)
 
 
 def test_matching_loss_is_normalised():
@@ -102,11 +210,12 @@ def test_bad_lr_step_is_rolled_back_and_repeated_failures_stop():
     state, opts = _state()
     guard = Guard(max_lr=1.0, patience=3)
     state.images.grad = torch.ones_like(state.images)
-    state.lr.grad = torch.tensor(1e4)  # lr_lr·grad pushes lr negative
+    state.lr_param.grad = torch.tensor(1e4)  # lr_lr·grad pushes lr negative
     res = apply_step(state, opts, 0.5, True, guard, D, 0)
     assert not res.applied and "lr" in res.reason
     assert torch.equal(state.images.detach(), torch.zeros(4, 1, 2, 2)) and float(state.lr) == pytest.approx(0.01)
-    state.lr.grad = torch.tensor(-1e-3)
+    assert opts["lr"].param_groups[0]["lr"] == pytest.approx(0.5 * D["lr_lr"]), "the lr's own step backs off"
+    state.lr_param.grad = torch.tensor(-1e-3)
     assert apply_step(state, opts, 0.5, True, guard, D, 1).applied
     assert not torch.equal(state.images.detach(), torch.zeros(4, 1, 2, 2))
     with pytest.raises(DivergedError, match="diverged at iteration"):
@@ -114,10 +223,30 @@ def test_bad_lr_step_is_rolled_back_and_repeated_failures_stop():
             apply_step(state, opts, float("nan"), True, guard, D, 2 + it)
 
 
+def test_log_lr_stays_positive_and_first_step_matches_plain():
+    from raydd.distill.state import new_state
+
+    grads = {}
+    for param in ("plain", "log"):
+        d = {**D, "lr_param": param}
+        state = new_state(torch.arange(4), torch.zeros(4, 1, 2, 2), torch.arange(4), None, d, torch.device("cpu"))
+        opts = make_optimizers(state, d)
+        state.images.grad = torch.zeros_like(state.images)
+        state.set_lr_grad(torch.tensor(300.0))  # plain SGD: lr 0.01 - 1e-5·300 = 0.007
+        apply_step(state, opts, 0.5, True, Guard(1.0, 3), d, 0)
+        grads[param] = float(state.lr)
+        for it in range(1, 4):  # a gradient that would push a plain lr far below zero
+            state.set_lr_grad(torch.tensor(1e4))
+            res = apply_step(state, opts, 0.5, True, Guard(1.0, 3), d, it)
+            assert res.applied == (param == "log") and float(state.lr) > 0
+    assert grads["plain"] == pytest.approx(0.007)
+    assert grads["log"] == pytest.approx(0.01 * math.exp(-0.3), rel=1e-4)  # the same first move, to first order
+
+
 def test_loss_threshold_skips_without_counting_as_failure():
     state, opts = _state()
     guard = Guard(max_lr=1.0, patience=1)
-    state.images.grad, state.lr.grad = torch.ones_like(state.images), torch.tensor(0.0)
+    state.images.grad, state.lr_param.grad = torch.ones_like(state.images), torch.tensor(0.0)
     res = apply_step(state, opts, 5.0, True, guard, {**D, "loss_threshold": 1.0}, 0)
     assert not res.applied and "threshold" in res.reason and guard.total == 0
 
@@ -139,19 +268,9 @@ def test_representative_init_medoids_are_real_images_of_their_class():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("unroll", [unroll_plain, unroll_constant_memory])
-def test_unroll_on_cuda_matches_cpu(unroll):
-    grads = []
-    for device in ("cpu", "cuda"):
-        (fm, images, labels, logits, lr, start, plan, targets, spec), _ = _case(0.5, True, True)
-        fm = FlatModel(fm.module.to(device))
-        leaves = [t.detach().to(device).requires_grad_() for t in (images, lr, logits)]
-        args = (fm, leaves[0], labels.to(device), leaves[2], leaves[1], start.to(device), plan,
-                Targets(start.to(device), targets.steps, [t.to(device) for t in targets.points], targets.weights), spec)
-        if unroll is unroll_plain:
-            unroll(*args).backward()
-        else:
-            unroll(*args, leaves=leaves)
-        grads.append([leaf.grad.cpu() for leaf in leaves])
-    for cpu, cuda in zip(*grads):
-        torch.testing.assert_close(cuda, cpu, rtol=1e-3, atol=1e-3 * cpu.abs().max().item())
+@pytest.mark.parametrize("keep_graph", [True, False])
+def test_unroll_on_cuda_matches_cpu(keep_graph):
+    cpu = sharded_grads(1, 0, case(0.5, True, True), keep_graph)
+    cuda = sharded_grads(1, 0, case(0.5, True, True), keep_graph, device="cuda")
+    for ours, ref in zip(cuda, cpu):
+        torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())

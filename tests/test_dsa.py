@@ -97,3 +97,14 @@ def test_parse_default():
 def test_cuda_matches_cpu():
     x = _images()
     torch.testing.assert_close(dsa(x.cuda(), seed=3).cpu(), dsa(x, seed=3), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["color_crop_cutout_flip_scale_rotate", "crop", "cutout", "scale"])
+def test_part_of_a_batch_gets_the_transforms_of_the_whole(strategy):
+    """Sharded distillation: a worker holding rows [1, 4, 5] of a batch of 7 sees exactly those rows' augmentation."""
+    x = torch.randn(7, 3, 8, 8)
+    rows = torch.tensor([1, 4, 5])
+    for seed in range(6):
+        whole = dsa(x, seed, strategy)
+        part = dsa(x[rows], seed, strategy, rows=rows, total=7)
+        torch.testing.assert_close(part, whole[rows])

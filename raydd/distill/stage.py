@@ -17,13 +17,14 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from raydd.data.registry import load_dataset
 from raydd.data.types import DatasetSpec, ImageData
+from raydd.distill.guards import DivergedError
 from raydd.distill.init import initial_set, to_model_space
 from raydd.distill.sampling import interior_points
 from raydd.distill.state import load_all_shards
 from raydd.distill.worker import train_fn
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
-from raydd.runtime import init_ray
+from raydd.runtime import init_ray, require_gpus
 from raydd.storage.distilled import DistilledSet, save_set
 from raydd.storage.fs import check_reachable
 from raydd.storage.layout import experts_location, root, run_name, set_location
@@ -69,7 +70,8 @@ def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbac
     return TorchTrainer(
         train_fn,
         train_loop_config={"cfg": cfg, "store": store_uri, "init": init_ref, "test": test_ref,
-                           "threads": max(1, int(d["cpus_per_worker"])), "local": workers == 0},
+                           "threads": max(1, int(d["cpus_per_worker"])), "local": workers == 0,
+                           "progress": callbacks is None},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": d["cpus_per_worker"],
@@ -93,14 +95,24 @@ def assemble(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     return images, labels, soft, float(shards[0]["lr"][0]), history
 
 
+def check_rejections(history: list[dict[str, Any]], d: dict[str, Any]) -> None:
+    """A run whose steps were mostly rolled back has not distilled anything: say so instead of writing a set."""
+    rejected = int(history[-1]["rejected"]) if history else 0
+    if history and rejected > d["max_rejected_fraction"] * len(history):
+        reasons = {h["skip_reason"].split(":")[0] for h in history if h.get("skip_reason") and not h["applied"]}
+        raise DivergedError(f"{rejected} of {len(history)} distillation steps were rejected ({'; '.join(sorted(reasons))}); "
+                            "no set was written: lower distill.lr_lr or distill.lr_img, or use distill.lr_param=log")
+
+
 def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
     """Distil; ``callbacks`` go to the trainer's RunConfig and ``train_name`` fixes its run name (``raydd tune``)."""
     check_reachable(root(cfg))
     store = open_store(cfg)
     init_ray(cfg)
+    d = cfg["distill"]
+    require_gpus(max(1, cfg["workers"]) * d["gpus_per_worker"], "distill.gpus_per_worker × workers")
     spec, train, test = load_dataset(cfg["dataset"])
     zca = store.zca()
-    d = cfg["distill"]
     images, labels, soft = initial_set_for(cfg, store, spec, train)
     sub = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:d["eval_test_size"]]
     test_small = ImageData(test.images[sub], test.labels[sub])
@@ -111,8 +123,11 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
                          callbacks=callbacks, name=train_name).fit()
     if result.error:
         raise result.error
+    if result.metrics and "diverged" in result.metrics:
+        raise DivergedError(f"{result.metrics['diverged']}; no set was written")
     with result.checkpoint.as_directory() as path:
         images, labels, soft, lr, history = assemble(Path(path))
+    check_rejections(history, d)
     meta = {"method": cfg["method"]["name"], "ipc": cfg["ipc"], "dataset": spec.name, "model": cfg["model"],
             "workers": cfg["workers"], "iterations": d["iterations"], "syn_steps": d["syn_steps"],
             "expert_epochs": d["expert_epochs"], "intermediate_targets": len(interior_points(d)),

@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+LR_PARAMS = ("plain", "log")
+
 
 @dataclass
 class ShardState:
@@ -18,17 +20,43 @@ class ShardState:
     images: Tensor           # learnable (leaf)
     labels: Tensor
     soft: Tensor | None      # learnable soft-label logits (DATM)
-    lr: Tensor               # learnable inner lr (replicated on every worker)
+    lr_param: Tensor         # learnable inner lr (replicated on every worker): the lr itself, or its log
     ema: Tensor | None       # EMA of the images (DATM)
+    log_lr: bool = False     # ``lr_param`` is log(lr): the lr stays positive by construction
     iteration: int = 0
 
     def leaves(self) -> list[Tensor]:
-        return [self.images, self.lr, *([self.soft] if self.soft is not None else [])]
+        return [self.images, self.lr_param, *([self.soft] if self.soft is not None else [])]
+
+    @property
+    def lr(self) -> Tensor:
+        """The inner learning rate (detached)."""
+        return self.lr_param.detach().exp() if self.log_lr else self.lr_param.detach()
+
+    def set_lr_grad(self, lr_grad: Tensor) -> None:
+        """Store ∂loss/∂lr as the gradient of the lr parameter (chain rule through the log)."""
+        self.lr_param.grad = lr_grad * self.lr if self.log_lr else lr_grad
+
+
+def new_state(index: Tensor, images: Tensor, labels: Tensor, soft: Tensor | None, d: dict[str, Any],
+              device: torch.device) -> ShardState:
+    """A fresh shard on ``device`` with the configured initial lr and parameterisation."""
+    log_lr = d["lr_param"] == "log"
+    lr = torch.tensor(float(d["lr_init"]), device=device)
+    return ShardState(index, images.to(device).requires_grad_(True), labels.to(device),
+                      None if soft is None else soft.to(device).requires_grad_(True),
+                      (lr.log() if log_lr else lr).requires_grad_(True),
+                      images.detach().clone().to(device) if d.get("ema") else None, log_lr)
+
+
+def lr_of_lr(d: dict[str, Any]) -> float:
+    """The lr's own learning rate; for log(lr), scaled so the first step moves the lr as far as plain SGD would."""
+    return d["lr_lr"] / d["lr_init"] ** 2 if d["lr_param"] == "log" else d["lr_lr"]
 
 
 def make_optimizers(state: ShardState, d: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
     opts = {"images": torch.optim.SGD([state.images], lr=d["lr_img"], momentum=d["momentum_img"]),
-            "lr": torch.optim.SGD([state.lr], lr=d["lr_lr"], momentum=0.5)}
+            "lr": torch.optim.SGD([state.lr_param], lr=lr_of_lr(d), momentum=0.5)}
     if state.soft is not None:
         opts["soft"] = torch.optim.SGD([state.soft], lr=d["lr_label"], momentum=0.9)
     return opts
@@ -41,26 +69,31 @@ def _opt_tensors(name: str, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
 def save_shard(path: Path, rank: int, state: ShardState, opts: dict[str, torch.optim.Optimizer],
                gen: torch.Generator, extra: dict[str, Any]) -> None:
     tensors = {"index": state.index, "images": state.images.detach(), "labels": state.labels,
-               "lr": state.lr.detach().reshape(1), "rng": gen.get_state()}
+               "lr": state.lr.clone().reshape(1), "lr_param": state.lr_param.detach().reshape(1), "rng": gen.get_state()}
     if state.soft is not None:
         tensors["soft"] = state.soft.detach()
     if state.ema is not None:
         tensors["ema"] = state.ema
     for name, opt in opts.items():
         tensors |= _opt_tensors(name, opt)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / f"rank{rank}.safetensors"))
-    (path / f"rank{rank}.json").write_text(json.dumps({"iteration": state.iteration, **extra}))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / f"rank{rank}.safetensors"))
+    info = {"iteration": state.iteration, "lr_of_lr": opts["lr"].param_groups[0]["lr"], **extra}
+    (path / f"rank{rank}.json").write_text(json.dumps(info))
 
 
-def load_shard(path: Path, rank: int, d: dict[str, Any]) -> tuple[ShardState, dict[str, torch.optim.Optimizer], torch.Generator, dict]:
+def load_shard(path: Path, rank: int, d: dict[str, Any], device: torch.device
+               ) -> tuple[ShardState, dict[str, torch.optim.Optimizer], torch.Generator, dict]:
     t = load_file(str(path / f"rank{rank}.safetensors"))
     info = json.loads((path / f"rank{rank}.json").read_text())
-    state = ShardState(t["index"], t["images"].requires_grad_(True), t["labels"],
-                       t["soft"].requires_grad_(True) if "soft" in t else None,
-                       t["lr"][0].clone().requires_grad_(True), t.get("ema"), info["iteration"])
+    on = {k: v.to(device) for k, v in t.items() if k != "rng"}
+    state = ShardState(t["index"], on["images"].requires_grad_(True), on["labels"],
+                       on["soft"].requires_grad_(True) if "soft" in on else None,
+                       on["lr_param"][0].clone().requires_grad_(True), on.get("ema"), d["lr_param"] == "log",
+                       info["iteration"])
     opts = make_optimizers(state, d)
+    opts["lr"].param_groups[0]["lr"] = info["lr_of_lr"]
     for name, opt in opts.items():
-        buf = t.get(f"opt.{name}.0")
+        buf = on.get(f"opt.{name}.0")
         if buf is not None:
             opt.state[opt.param_groups[0]["params"][0]]["momentum_buffer"] = buf
     gen = torch.Generator()

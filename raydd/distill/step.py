@@ -10,8 +10,9 @@ from torch import Tensor
 
 from raydd.distill.guards import Guard
 from raydd.distill.sampling import Segment
+from raydd.distill.sharding import ShardMap, plan_steps
 from raydd.distill.state import ShardState
-from raydd.distill.unroll import Targets, UnrollSpec, plan_steps, unroll_constant_memory, unroll_plain
+from raydd.distill.unroll import Reduce, Targets, UnrollSpec, unroll
 from raydd.models.functional import FlatModel
 
 
@@ -28,27 +29,29 @@ def perturb(theta: Tensor, layout, scale: float, gen: torch.Generator) -> Tensor
         return theta
     parts = []
     for t in layout.unflatten(theta).values():
-        noise = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        noise = torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)
         parts.append((t + scale * t.pow(2).mean().sqrt() * noise).reshape(-1))
     return torch.cat(parts)
 
 
-def compute_gradients(state: ShardState, net: FlatModel, start: Tensor, targets: Targets, d: dict[str, Any],
-                      spec: UnrollSpec, gen: torch.Generator) -> float:
-    """Fill ``.grad`` of the shard's images, lr (and soft labels); return the matching loss."""
+def compute_gradients(state: ShardState, shards: ShardMap, labels: Tensor, rank: int, net: FlatModel, start: Tensor,
+                      targets: Targets, d: dict[str, Any], spec: UnrollSpec, gen: torch.Generator,
+                      reduce: Reduce) -> float:
+    """Fill ``.grad`` of the shard's images, the lr (and soft labels); return the matching loss.
+
+    ``labels`` are the whole set's labels: every worker draws the same mini-batches of the whole set.
+    """
     for leaf in state.leaves():
         leaf.grad = None
-    plan = plan_steps(state.images.shape[0], d["syn_steps"], d.get("batch_syn"), gen)
-    args = (net, state.images, state.labels, state.soft, state.lr, start, plan, targets, spec)
-    if d["unroll"] == "constant_memory":
-        return float(unroll_constant_memory(*args, leaves=state.leaves()))
-    loss = unroll_plain(*args)
-    loss.backward()
-    return float(loss.detach())
+    plan = plan_steps(labels, shards, rank, d["syn_steps"], d.get("batch_syn"), d["balanced_inner_loss"], gen)
+    result = unroll(net, state.images, state.labels, state.soft, state.lr, start, plan, targets, spec, reduce)
+    state.set_lr_grad(result.lr_grad)
+    return float(result.loss)
 
 
 def segment_targets(store, seg: Segment, start: Tensor) -> Targets:
-    return Targets(start, seg.target_steps, [store.params(seg.expert, e) for e in seg.target_epochs], seg.weights)
+    return Targets(start, seg.target_steps, [store.params(seg.expert, e).to(start.device) for e in seg.target_epochs],
+                   seg.weights)
 
 
 def grads_finite(state: ShardState) -> bool:
@@ -59,7 +62,9 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
                d: dict[str, Any], iteration: int) -> StepResult:
     """Step the optimisers unless a guard or DATM's loss threshold says no; roll back a bad lr.
 
-    ``loss`` and ``finite`` must be the same on every worker (all-reduced), so all agree.
+    ``loss`` and ``finite`` must be the same on every worker (all-reduced), so all agree. A step
+    rolled back for its lr also backs off the lr's own learning rate (``distill.lr_backoff``),
+    so the next step does not repeat the same overshoot.
     """
     reason = guard.check(loss, finite)
     threshold = d.get("loss_threshold")
@@ -74,7 +79,7 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
                for k, o in opts.items()}
     for opt in opts.values():
         opt.step()
-    reason = guard.check(loss, True, float(state.lr.detach()))
+    reason = guard.check(loss, True, float(state.lr))
     if reason is not None:  # roll the whole step back: images, lr, labels and optimiser momenta
         with torch.no_grad():
             for leaf, old in zip(state.leaves(), backup):
@@ -82,6 +87,7 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
         for k, opt in opts.items():
             opt.state.clear()
             opt.state.update(momenta[k])
+        opts["lr"].param_groups[0]["lr"] *= d["lr_backoff"]
     guard.record(reason, iteration)
     if reason is None and state.ema is not None:
         state.ema.mul_(d["ema"]).add_(state.images.detach(), alpha=1 - d["ema"])

@@ -1,38 +1,51 @@
-"""The student's unrolled inner loop and the gradient of the matching loss through it.
+"""The student's unrolled inner loop and the exact gradient of the matching loss through it.
 
-``plain`` keeps the whole double-backward graph of all N steps (memory grows with N).
-``constant_memory`` keeps only the N parameter vectors, then walks the steps backwards,
-recomputing each step's graph and pulling the adjoint through it with one vector-Jacobian
-product: the same gradient (exact, not an approximation), one step's graph in memory.
+One code path for one worker or many, CPU or CUDA. Each inner step's mini-batch is drawn
+from the whole synthetic set; a worker computes the gradient of its own images' share of the
+step's loss and ``reduce`` (an all-reduce sum; the identity on one worker) completes it, so
+the student θ is the same on every worker. The backward pass walks the steps in reverse and
+pulls the adjoint of θ through each step with one vector-Jacobian product, all-reducing the
+θ part (the images' part stays with their owner):
+
+    forward   g_i = reduce(∇θ ℓ_mine(θ_{i-1}));  v_i = μ·v_{i-1} + g_i;  θ_i = θ_{i-1} − lr·v_i
+    backward  ā_v = μ·ā_v' − lr·ā_θ;  ∂L/∂lr −= ⟨ā_θ, v_i⟩;
+              ā_θ += reduce(ā_vᵀ ∂g_mine/∂θ);  ∂L/∂X_mine += ā_vᵀ ∂g_mine/∂X_mine
+
+``keep_graph=True`` (``distill.unroll=plain``) keeps every step's double-backward graph from
+the forward pass, as the reference code does; ``False`` (``constant_memory``, TESLA-style)
+keeps only the N parameter vectors and recomputes one step's graph at a time in the
+backward pass: the same gradient, one step's graph in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raydd.data.dsa import dsa
+from raydd.distill.matching import matching_loss
+from raydd.distill.sharding import InnerStep
+from raydd.evaluate.train import per_sample_loss
 from raydd.models.functional import FlatModel
 
+Reduce = Callable[[Tensor], Tensor]
 
-@dataclass(frozen=True)
-class InnerStep:
-    """One inner step's mini-batch (indices into the shard) and its DSA seed, fixed so it can be replayed."""
 
-    index: Tensor
-    seed: int
+def local_sum(t: Tensor) -> Tensor:
+    """The all-reduce of a single worker."""
+    return t
 
 
 @dataclass(frozen=True)
 class UnrollSpec:
     momentum: float = 0.0          # AST student momentum
-    balanced: bool = False         # AST balanced inner loss: every class weighs the same in a batch
     dsa: bool = True
     dsa_strategy: str | None = None
     temperature: float = 1.0       # soft-label temperature
+    keep_graph: bool = True        # plain (keep each step's graph) or constant-memory (recompute it)
 
 
 @dataclass
@@ -45,102 +58,76 @@ class Targets:
     weights: list[float]
 
 
-def plan_steps(n_images: int, syn_steps: int, batch: int | None, gen: torch.Generator) -> list[InnerStep]:
-    """Mini-batches cycling through random permutations of the shard, one DSA seed each."""
-    batch = min(batch or n_images, n_images)
-    steps, order = [], torch.empty(0, dtype=torch.long)
-    for _ in range(syn_steps):
-        if order.numel() < batch:
-            order = torch.cat([order, torch.randperm(n_images, generator=gen)])
-        steps.append(InnerStep(order[:batch], int(torch.randint(2**31 - 1, (1,), generator=gen))))
-        order = order[batch:]
-    return steps
+@dataclass
+class UnrollResult:
+    loss: Tensor        # the matching loss (detached; the same on every worker)
+    lr_grad: Tensor     # ∂loss/∂lr (the same on every worker)
 
 
-def inner_loss(logits: Tensor, labels: Tensor, soft: Tensor | None, spec: UnrollSpec) -> Tensor:
-    """CE on hard or soft labels; with ``balanced`` each class contributes equally to the batch loss."""
-    if soft is not None:
-        per = -(F.softmax(soft / spec.temperature, 1) * F.log_softmax(logits, 1)).sum(1)
-    else:
-        per = F.cross_entropy(logits, labels, reduction="none")
-    if not spec.balanced:
-        return per.mean()
-    counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
-    w = 1.0 / counts[labels]
-    return (per * w).sum() / w.sum()
-
-
-def _step(net: FlatModel, theta: Tensor, vel: Tensor, images: Tensor, labels: Tensor, soft: Tensor | None,
-          lr: Tensor, step: InnerStep, spec: UnrollSpec, create_graph: bool) -> tuple[Tensor, Tensor]:
-    x = images[step.index]
+def local_grad(net: FlatModel, theta: Tensor, images: Tensor, labels: Tensor, soft: Tensor | None, step: InnerStep,
+               spec: UnrollSpec, create_graph: bool) -> Tensor:
+    """∇θ of this worker's share of the step's loss: its images' weighted per-sample losses, summed."""
+    if step.rows.numel() == 0:
+        return torch.zeros_like(theta)
+    x = images[step.rows]
     if spec.dsa:
-        x = dsa(x, step.seed, **({"strategy": spec.dsa_strategy} if spec.dsa_strategy else {}))
-    loss = inner_loss(net(theta, x), labels[step.index], None if soft is None else soft[step.index], spec)
-    (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
-    vel = spec.momentum * vel + grad if spec.momentum else grad
-    return theta - lr * vel, vel
+        x = dsa(x, step.seed, rows=step.positions, total=step.size,
+                **({"strategy": spec.dsa_strategy} if spec.dsa_strategy else {}))
+    per = per_sample_loss(net(theta, x), labels[step.rows], None if soft is None else soft[step.rows], spec.temperature)
+    (grad,) = torch.autograd.grad((per * step.weights.to(per.device)).sum(), theta, create_graph=create_graph)
+    return grad
 
 
-def _loss_terms(thetas: dict[int, Tensor], targets: Targets) -> Tensor:
-    from raydd.distill.matching import matching_loss
-
-    return sum(w * matching_loss(thetas[s], p, targets.start) for s, p, w in
-               zip(targets.steps, targets.points, targets.weights))
-
-
-def unroll_plain(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, lr: Tensor, start: Tensor,
-                 plan: list[InnerStep], targets: Targets, spec: UnrollSpec) -> Tensor:
-    """The matching loss as a differentiable graph through all steps; call ``.backward()`` on it."""
-    theta = start.detach().requires_grad_(True)
-    vel = torch.zeros_like(theta)
-    matched: dict[int, Tensor] = {}
-    wanted = set(targets.steps)
-    for i, step in enumerate(plan):
-        theta, vel = _step(net, theta, vel, images, labels, soft, lr, step, spec, create_graph=True)
-        if i + 1 in wanted:
-            matched[i + 1] = theta
-    return _loss_terms(matched, targets)
-
-
-def unroll_constant_memory(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, lr: Tensor,
-                           start: Tensor, plan: list[InnerStep], targets: Targets, spec: UnrollSpec,
-                           leaves: list[Tensor]) -> Tensor:
-    """Same value and gradients as :func:`unroll_plain`, accumulated into ``leaves``' ``.grad`` directly.
-
-    ``leaves`` are the tensors that need gradients (images, lr, soft labels); returns the
-    loss (detached).
-    """
-    n = len(plan)
-    thetas, vels = [start.detach()], [torch.zeros_like(start)]
-    for step in plan:  # forward: no graph kept, only the trajectory
-        theta = thetas[-1].requires_grad_(True)
-        with torch.enable_grad():
-            nxt, vel = _step(net, theta, vels[-1], images.detach(), labels,
-                             None if soft is None else soft.detach(), lr.detach(), step, spec, create_graph=False)
-        theta.requires_grad_(False)
-        thetas.append(nxt.detach())
-        vels.append(vel.detach())
+def matching_seeds(thetas: list[Tensor], targets: Targets) -> tuple[Tensor, dict[int, Tensor]]:
+    """The weighted matching loss over the matched steps and its gradient at each of them."""
     matched = {s: thetas[s].clone().requires_grad_(True) for s in targets.steps}
-    loss = _loss_terms(matched, targets)
-    seeds = dict(zip(matched, torch.autograd.grad(loss, list(matched.values()))))
-    adj_theta, adj_vel = seeds.get(n, torch.zeros_like(start)), torch.zeros_like(start)
-    grads = [torch.zeros_like(t) for t in leaves]
-    for i in range(n - 1, -1, -1):  # backward: recompute step i's graph, pull the adjoint through it
-        theta = thetas[i].clone().requires_grad_(True)
-        vel_in = vels[i].clone().requires_grad_(bool(spec.momentum))
-        nxt, vel = _step(net, theta, vel_in, images, labels, soft, lr, plan[i], spec, create_graph=True)
-        inputs = [theta, *([vel_in] if spec.momentum else []), *leaves]
-        outs = torch.autograd.grad([nxt, vel] if spec.momentum else [nxt], inputs,
-                                   grad_outputs=[adj_theta, adj_vel] if spec.momentum else [adj_theta],
-                                   allow_unused=True)
-        adj_theta = outs[0] + seeds.get(i, 0.0)
-        if spec.momentum:
-            adj_vel = outs[1]
-        for g, o in zip(grads, outs[-len(leaves):]):
-            if o is not None:
-                g += o
-    for leaf, g in zip(leaves, grads):
-        leaf.grad = g if leaf.grad is None else leaf.grad + g
-    return loss.detach()
+    loss = sum(w * matching_loss(matched[s], p, targets.start)
+               for s, p, w in zip(targets.steps, targets.points, targets.weights))
+    return loss.detach(), dict(zip(matched, torch.autograd.grad(loss, list(matched.values()))))
 
 
+def unroll(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, lr: Tensor, start: Tensor,
+           plan: list[InnerStep], targets: Targets, spec: UnrollSpec, reduce: Reduce = local_sum) -> UnrollResult:
+    """Unroll ``plan`` from ``start``, match ``targets``; add the gradients to ``images.grad`` (and ``soft.grad``).
+
+    ``images`` and ``soft`` are this worker's shard (leaves that require grad); ``lr`` is the
+    inner learning rate (a scalar tensor).
+    """
+    lr = lr.detach()
+    learn = [images, *([soft] if soft is not None else [])]
+    thetas, vels, graphs = [start.detach()], [torch.zeros_like(start)], []
+    for step in plan:
+        theta = thetas[-1].detach().requires_grad_(True)
+        if spec.keep_graph:
+            mine = local_grad(net, theta, images, labels, soft, step, spec, create_graph=True)
+            graphs.append((theta, mine))
+        else:
+            mine = local_grad(net, theta, images.detach(), labels, None if soft is None else soft.detach(), step, spec,
+                              create_graph=False)
+        grad = reduce(mine.detach().clone())
+        vel = spec.momentum * vels[-1] + grad if spec.momentum else grad
+        thetas.append(thetas[-1] - lr * vel)
+        vels.append(vel)
+    loss, seeds = matching_seeds(thetas, targets)
+
+    adj_theta, adj_vel = seeds.get(len(plan), torch.zeros_like(start)), torch.zeros_like(start)
+    lr_grad = torch.zeros((), device=start.device)
+    grads: list[Tensor | None] = [None] * len(learn)
+    for i in range(len(plan) - 1, -1, -1):
+        adj_v = adj_vel - lr * adj_theta                     # adjoint of v_{i+1}
+        lr_grad = lr_grad - (adj_theta * vels[i + 1]).sum()
+        if spec.keep_graph:
+            theta, mine = graphs.pop()
+        else:
+            theta = thetas[i].detach().requires_grad_(True)
+            mine = local_grad(net, theta, images, labels, soft, plan[i], spec, create_graph=True)
+        outs = torch.autograd.grad(mine, [theta, *learn], grad_outputs=adj_v, allow_unused=True) \
+            if mine.requires_grad else [None] * (1 + len(learn))
+        hvp = outs[0] if outs[0] is not None else torch.zeros_like(start)
+        adj_theta = adj_theta + reduce(hvp) + seeds.get(i, 0.0)
+        adj_vel = spec.momentum * adj_v
+        grads = [g if o is None else (o if g is None else g + o) for g, o in zip(grads, outs[1:])]
+    for leaf, g in zip(learn, grads):
+        if g is not None:
+            leaf.grad = g if leaf.grad is None else leaf.grad + g
+    return UnrollResult(loss, lr_grad)

@@ -1,4 +1,4 @@
-"""The Ray Train worker function: distil this worker's shard of the synthetic set."""
+"""The Ray Train worker function: distil this worker's shard of the synthetic set on its device."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from typing import Any
 
 import ray
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.experimental.tqdm_ray import tqdm
+from torch import Tensor
 
-from raydd.data.registry import dataset_spec, load_split
-from raydd.distill.guards import Guard
+from raydd.data.registry import dataset_spec
+from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.sampling import sample_segment
-from raydd.distill.sharding import shard_indices
-from raydd.distill.state import ShardState, load_shard, make_optimizers, save_shard
+from raydd.distill.sharding import ShardMap
+from raydd.distill.state import ShardState, load_shard, make_optimizers, new_state, save_shard
 from raydd.distill.step import apply_step, compute_gradients, grads_finite, perturb, segment_targets
-from raydd.distill.unroll import UnrollSpec
+from raydd.distill.unroll import UnrollSpec, local_sum
 from raydd.evaluate.train import TrainSpec, accuracy, train_on_set
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
@@ -27,28 +30,28 @@ from raydd.storage.fs import resolve
 from raydd.storage.trajectory import TrajectoryStore
 
 
-def fresh_state(init: dict[str, torch.Tensor | None], d: dict[str, Any], rank: int, world: int) -> ShardState:
-    idx = shard_indices(init["labels"], world)[rank]
-    images = init["images"][idx].clone()
-    soft = init["soft"][idx].clone().requires_grad_(True) if init["soft"] is not None else None
-    return ShardState(idx, images.requires_grad_(True), init["labels"][idx], soft,
-                      torch.tensor(float(d["lr_init"]), requires_grad=True),
-                      images.detach().clone() if d.get("ema") else None)
+class AllReduce:
+    """Sum a tensor over every worker (in place), counting the bytes this worker sends."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, t: Tensor) -> Tensor:
+        dist.all_reduce(t)
+        self.bytes += t.numel() * t.element_size()
+        return t
 
 
-def all_reduce_step(loss: float, finite: bool, state: ShardState, world: int) -> tuple[float, bool]:
-    """Average the loss and the shared lr's gradient over workers; a non-finite step anywhere is non-finite everywhere."""
-    if world == 1:
-        return loss, finite
-    lr_grad = state.lr.grad if state.lr.grad is not None else torch.zeros(())
-    packed = torch.stack([torch.tensor(loss), torch.tensor(0.0 if finite else 1.0), lr_grad.detach().cpu()])
-    dist.all_reduce(packed)
-    state.lr.grad = (packed[2] / world).to(state.lr.device)
-    return float(packed[0]) / world, bool(packed[1] == 0)
+def fresh_state(init: dict[str, Tensor | None], shards: ShardMap, d: dict[str, Any], rank: int,
+                device: torch.device) -> ShardState:
+    idx = (shards.owner == rank).nonzero().squeeze(1)
+    idx = idx[torch.argsort(shards.local[idx])]
+    soft = init["soft"][idx].clone() if init["soft"] is not None else None
+    return new_state(idx, init["images"][idx].clone(), init["labels"][idx], soft, d, device)
 
 
-def gather_set(state: ShardState, world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The whole current set (EMA images when kept), in global order, on every worker."""
+def gather_set(state: ShardState, world: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The whole current set (EMA images when kept), in global order, on every worker (on the CPU)."""
     images = (state.ema if state.ema is not None else state.images).detach().cpu()
     mine = (state.index, images, state.labels.cpu(), None if state.soft is None else state.soft.detach().cpu())
     parts = [mine]
@@ -60,14 +63,13 @@ def gather_set(state: ShardState, world: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat([p[1] for p in parts])[order], torch.cat([p[2] for p in parts])[order], soft
 
 
-def fast_eval(cfg: dict[str, Any], images, labels, soft, lr: float, test) -> float:
+def fast_eval(cfg: dict[str, Any], images, labels, soft, lr: float, test, device: torch.device) -> float:
     """Train one fresh network briefly on the current set; accuracy on a test subset."""
     d = cfg["distill"]
-    spec = dataset_spec(cfg["dataset"])
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"], spec)
+    model = build_model(cfg["model"], dataset_spec(cfg["dataset"])).to(device)
     tspec = TrainSpec(epochs=d["eval_epochs"], lr=lr if cfg["evaluate"].get("use_set_lr", True) else cfg["evaluate"]["lr"],
-                      batch_size=cfg["evaluate"]["batch_size"], dsa=d["dsa"])
+                      batch_size=cfg["evaluate"]["batch_size"], dsa=d["dsa"], channels_last=cfg["channels_last"])
     train_on_set(model, images, labels, tspec, cfg["seed"], soft)
     return accuracy(model, *test)
 
@@ -85,50 +87,88 @@ def report_checkpoint(metrics: dict[str, Any], state: ShardState, opts, gen: tor
         shutil.rmtree(previous.path, ignore_errors=True)  # local mode keeps only the newest checkpoint on disk
 
 
+def gpu_memory_mb(device: torch.device) -> float:
+    """Peak memory this worker has allocated on its GPU so far (0 on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+
+
+def progress_text(m: dict[str, Any], total: int, eval_acc: float | None) -> str:
+    acc = "" if eval_acc is None else f" acc {100 * eval_acc:.1f}%"
+    return f"distill {m['iteration']}/{total} loss {m['loss']:.4f} lr {m['lr']:.3g} rejected {m['rejected']}{acc}"
+
+
 def train_fn(config: dict[str, Any]) -> None:
-    """Worker loop: sample a segment, unroll, match, step (guarded); report metrics and checkpoints."""
+    """Worker loop: sample a segment (the same on every worker), unroll, match, step (guarded); report.
+
+    A divergence is reported as a metric and ends the loop normally, so Ray Train does not retry
+    a deterministic failure; the driver turns it into an error. A lost worker is retried.
+    """
     cfg, d = config["cfg"], config["cfg"]["distill"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
     torch.set_num_threads(config["threads"])
     store = TrajectoryStore.open(resolve(config["store"], cfg["storage"].get("endpoint_url")))
-    net = FlatModel(build_model(cfg["model"], dataset_spec(cfg["dataset"])))
+    net = FlatModel(build_model(cfg["model"], dataset_spec(cfg["dataset"])).to(device), cfg["channels_last"])
+    init = ray.get(config["init"])
+    labels = init["labels"]
+    shards = ShardMap.of(labels, world)
     guard = Guard(d["guard_max_lr"], d["guard_patience"])
+    reduce = AllReduce() if world > 1 else local_sum
     checkpoint = ray.train.get_checkpoint()
     history: list[dict[str, Any]] = []
     if checkpoint:
         with checkpoint.as_directory() as path:
-            state, opts, gen, info = load_shard(Path(path), rank, d)
+            state, opts, gen, info = load_shard(Path(path), rank, d, device)
         guard.total, history = info.get("rejected", 0), info.get("history", [])
     else:
-        state = fresh_state(ray.get(config["init"]), d, rank, world)
+        state = fresh_state(init, shards, d, rank, device)
         opts = make_optimizers(state, d)
-        gen = torch.Generator().manual_seed(cfg["seed"] * 7919 + rank)
-    spec = UnrollSpec(momentum=d["student_momentum"], balanced=d["balanced_inner_loss"], dsa=d["dsa"])
-    test = config["test"] and ray.get(config["test"]) if rank == 0 else None
+        gen = torch.Generator().manual_seed(cfg["seed"] * 7919)  # one stream on every worker: one student trajectory
+    spec = UnrollSpec(momentum=d["student_momentum"], dsa=d["dsa"], dsa_strategy=d.get("dsa_strategy"),
+                      temperature=d["temperature"], keep_graph=d["unroll"] == "plain")
+    test = ray.get(config["test"]) if rank == 0 and config["test"] else None
+    bar = tqdm(total=d["iterations"], desc="distill", position=0) if rank == 0 and config["progress"] else None
+    if bar:
+        bar.update(state.iteration)
+    eval_acc = next((h["eval_acc"] for h in reversed(history) if "eval_acc" in h), None)
     while state.iteration < d["iterations"]:
         it, tic = state.iteration, time.perf_counter()
+        sent = getattr(reduce, "bytes", 0)
         seg = sample_segment(it, store.experts, d, gen)
-        expert_start = store.params(seg.expert, seg.start)
+        expert_start = store.params(seg.expert, seg.start).to(device)
         student_start = perturb(expert_start, net.layout, d["perturb"], gen)
-        loss = compute_gradients(state, net, student_start, segment_targets(store, seg, expert_start), d, spec, gen)
-        loss, finite = all_reduce_step(loss, grads_finite(state), state, world)
-        step = apply_step(state, opts, loss, finite, guard, d, it)
+        loss = compute_gradients(state, shards, labels, rank, net, student_start,
+                                 segment_targets(store, seg, expert_start), d, spec, gen, reduce)
+        bad = torch.tensor(0.0 if grads_finite(state) else 1.0, device=device)
+        finite = bool(reduce(bad) == 0)
+        try:
+            step = apply_step(state, opts, loss, finite, guard, d, it)
+        except DivergedError as e:  # metrics reach the driver only with a checkpoint
+            report_checkpoint({"iteration": it + 1, "diverged": str(e), "rejected": guard.total}, state, opts, gen,
+                              rank, {"rejected": guard.total, "world": world}, keep_local=config["local"])
+            break
         state.iteration = it + 1
-        metrics = {"iteration": state.iteration, "loss": loss, "applied": step.applied, "lr": float(state.lr.detach()),
+        metrics = {"iteration": state.iteration, "loss": loss, "applied": step.applied, "lr": float(state.lr),
                    "start_epoch": seg.start, "expert": seg.expert, "rejected": guard.total,
-                   "seconds": time.perf_counter() - tic}
+                   "allreduce_mb": (getattr(reduce, "bytes", 0) - sent) / 2**20,
+                   "seconds": time.perf_counter() - tic, "device": str(device), "gpu_mem_mb": gpu_memory_mb(device)}
         if step.reason:
             metrics["skip_reason"] = step.reason
         last = state.iteration == d["iterations"]
         if d["eval_every"] and (state.iteration % d["eval_every"] == 0 or last):
-            images, labels, soft = gather_set(state, world)
+            images, set_labels, soft = gather_set(state, world)
             if rank == 0 and test is not None:
-                metrics["eval_acc"] = fast_eval(cfg, images, labels, soft, float(state.lr.detach()), test)
+                eval_acc = metrics["eval_acc"] = fast_eval(cfg, images, set_labels, soft, float(state.lr), test, device)
         history.append(metrics)
+        if bar:
+            bar.set_description(progress_text(metrics, d["iterations"], eval_acc))
+            bar.update(1)
         if state.iteration % d["checkpoint_every"] == 0 or last:
             report_checkpoint(metrics, state, opts, gen, rank,
                               {"rejected": guard.total, "world": world, **({"history": history} if rank == 0 else {})},
                               keep_local=config["local"])
         elif state.iteration % d["log_every"] == 0 or "eval_acc" in metrics:
             ray.train.report(metrics)
+    if bar:
+        bar.close()

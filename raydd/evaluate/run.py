@@ -15,6 +15,7 @@ import torch
 from raydd.data.types import DatasetSpec, ImageData, normalize
 from raydd.evaluate.train import TrainSpec, accuracy, train_on_set
 from raydd.models.registry import build_model
+from raydd.runtime import task_device
 from raydd.storage.distilled import DistilledSet
 from raydd.storage.fs import Location
 
@@ -23,7 +24,8 @@ def train_spec(cfg: dict[str, Any], ds: DistilledSet) -> TrainSpec:
     ev = cfg["evaluate"]
     lr = ds.lr if ds.lr is not None and ev.get("use_set_lr", True) else ev["lr"]
     return TrainSpec(epochs=ev["epochs"], lr=float(lr), batch_size=ev["batch_size"], dsa=ev["dsa"],
-                     dsa_strategy=ev.get("dsa_strategy") or TrainSpec.dsa_strategy)
+                     dsa_strategy=ev.get("dsa_strategy") or TrainSpec.dsa_strategy, amp=ev["amp"],
+                     channels_last=cfg["channels_last"])
 
 
 def model_config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
@@ -33,9 +35,9 @@ def model_config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
 
 def train_and_test(model_cfg: dict[str, Any], spec: DatasetSpec, ds: DistilledSet, test_x: torch.Tensor,
                    test_y: torch.Tensor, tspec: TrainSpec, seed: int, progress: bool = True) -> float:
-    """One evaluation model: seed, build, train on the set, return final test accuracy."""
+    """One evaluation model: seed, build, train on the set (on the task's GPU if it has one), return final test accuracy."""
     torch.manual_seed(seed)
-    model = build_model(model_cfg, spec)
+    model = build_model(model_cfg, spec).to(task_device())
     bar = None
     if progress:
         from ray.experimental.tqdm_ray import tqdm

@@ -7,7 +7,7 @@ from typing import Any
 from raydd.data.registry import load_dataset
 from raydd.evaluate.baselines import full_set, random_set
 from raydd.evaluate.run import evaluate_set, format_summary, summarize, write_results
-from raydd.runtime import init_ray
+from raydd.runtime import init_ray, require_gpus
 from raydd.storage.distilled import load_set, save_set
 from raydd.storage.layout import set_location
 
@@ -24,6 +24,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         ds = load_set(loc)
     init_ray(cfg)
+    require_gpus(cfg["evaluate"]["gpus_per_model"], "evaluate.gpus_per_model")
     rows = evaluate_set(ds, cfg, spec, test)
     summary = summarize(rows)
     write_results(loc, rows, summary, {"method": method, "ipc": None if method == "full" else cfg["ipc"],

@@ -24,7 +24,7 @@ from raydd.experts.progress import start_progress, wait_for_experts
 from raydd.experts.worker import train_and_commit
 from raydd.models.functional import ParamLayout
 from raydd.models.registry import build_model
-from raydd.runtime import init_ray
+from raydd.runtime import init_ray, require_gpus
 from raydd.storage.fs import Location, check_reachable, s3_endpoint
 from raydd.storage.layout import experts_location
 from raydd.storage.trajectory import (DTYPES, ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
@@ -145,6 +145,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     results = {}
     if todo:
         init_ray(cfg)
+        require_gpus(cfg["experts"]["gpus_per_expert"], "experts.gpus_per_expert")
         results = train_missing(cfg, store, manifest, todo)
     summary = summarize(store, manifest, results, cfg["experts"]["num"] - len(todo), time.time() - started)
     print(format_summary(summary))

@@ -36,6 +36,7 @@ class ExpertSpec:
     clip_epochs: int = 0
     clip_value: float = 1.0
     gradient_penalty: float = 0.0
+    amp: bool = False               # bfloat16 autocast for the forward pass (weights, optimiser, snapshots stay float32)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -97,7 +98,9 @@ def train_expert(model: nn.Module, images: Tensor, labels: Tensor, test_images: 
             x = images[idx]
             if spec.dsa:
                 x = dsa(x, seed=int(torch.randint(2**31, (1,), generator=gen)), strategy=spec.dsa_strategy)
-            loss = F.cross_entropy(model(x), labels[idx])
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=spec.amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), labels[idx])
             total += loss.detach() * idx.numel()
             opt.zero_grad(set_to_none=True)
             objective(loss, params, spec, epoch).backward()

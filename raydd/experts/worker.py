@@ -14,6 +14,7 @@ from raydd.data.zca import ZCA
 from raydd.experts.convex import convexify, knot_rows
 from raydd.experts.train import ExpertRun, ExpertSpec, train_expert
 from raydd.models.registry import build_model
+from raydd.runtime import task_device
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import ShardRows, write_shard
 
@@ -46,10 +47,11 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
     e = cfg["experts"]
     seed = expert_seed(cfg["seed"], expert_id)
     torch.set_num_threads(max(1, int(e["cpus_per_expert"])))
-    device = torch.device("cuda" if e["gpus_per_expert"] > 0 and torch.cuda.is_available() else "cpu")
+    device = task_device()
     started, cpu = time.time(), time.process_time()
     torch.manual_seed(seed)
-    model = build_model(cfg["model"], spec).to(device)
+    model = build_model(cfg["model"], spec).to(device, memory_format=torch.channels_last if cfg["channels_last"]
+                                                else torch.contiguous_format)
     pid = os.getpid()
     report = None if progress is None else (lambda epoch, loss, acc: progress.report.remote(expert_id, epoch, pid))
     if progress is not None:

@@ -159,10 +159,11 @@ class VAEEncoder:
 
     def __init__(self, module: LatentDiffusionVAE, spec: DatasetSpec) -> None:
         self.module, self.spec = module.eval(), spec
+        device = next(module.parameters()).device
         self.size = -(-spec.image_size // 8) * 8
-        self.mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(spec.std).view(1, -1, 1, 1)
-        zero = torch.zeros(1, spec.channels, spec.image_size, spec.image_size)
+        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+        zero = torch.zeros(1, spec.channels, spec.image_size, spec.image_size, device=device)
         self.latent_shape = tuple(self._latent(zero).shape[1:])
 
     @torch.no_grad()
@@ -190,18 +191,19 @@ class VAEEncoder:
         return EncoderState("vae", {"diffusers_config": dict(self.module.config)}, dict(self.module.state_dict()))
 
 
-def restore(state: EncoderState, spec: DatasetSpec) -> Encoder:
-    """Rebuild an encoder from its :class:`EncoderState` (inside a Ray task)."""
+def restore(state: EncoderState, spec: DatasetSpec, device: torch.device | str = "cpu") -> Encoder:
+    """Rebuild an encoder from its :class:`EncoderState` on ``device`` (inside a Ray task)."""
+    tensors = {k: v.to(device) for k, v in state.tensors.items()}
     if state.kind == "pixel":
         return PixelEncoder(tuple(state.config["shape"]))
     if state.kind == "pca":
-        return PCAEncoder(state.tensors["mean"], state.tensors["components"], tuple(state.config["shape"]))
+        return PCAEncoder(tensors["mean"], tensors["components"], tuple(state.config["shape"]))
     if state.kind == "autoencoder":
-        module = ConvAutoencoder(**state.config)
-        module.load_state_dict(state.tensors)
+        module = ConvAutoencoder(**state.config).to(device)
+        module.load_state_dict(tensors)
         return AutoencoderEncoder(module)
     if state.kind == "vae":
-        module = _autoencoder_kl().from_config(state.config["diffusers_config"])
-        module.load_state_dict(state.tensors)
+        module = _autoencoder_kl().from_config(state.config["diffusers_config"]).to(device)
+        module.load_state_dict(tensors)
         return VAEEncoder(module, spec)
     raise ConfigError(f"unknown quantize.encoder {state.kind!r}; choose one of {', '.join(ENCODERS)}")

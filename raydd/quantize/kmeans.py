@@ -58,7 +58,7 @@ def kmeans_pp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
         weights = d2.double()
         if weights.sum() <= 0:  # fewer distinct points than k: any point will do
             weights = torch.ones_like(weights)
-        chosen.append(int(torch.multinomial(weights, 1, generator=gen)))
+        chosen.append(int(torch.multinomial(weights.cpu(), 1, generator=gen)))  # the generator is on the CPU
         d2 = torch.minimum(d2, (sq - 2 * (x @ x[chosen[-1]]) + sq[chosen[-1]]).clamp_(min=0))
     return x[chosen]
 
@@ -70,7 +70,7 @@ def partition_stats(x: Tensor, assign: Tensor, k: int, sq_total: float | None = 
     ``sq_total`` (Σ‖x‖²) may be passed when it is known.
     """
     counts = torch.bincount(assign, minlength=k)
-    sums = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, assign, x)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, assign, x)
     if sq_total is None:
         sq_total = float(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2)
     nonempty = counts > 0
@@ -124,10 +124,10 @@ def minibatch(x: Tensor, k: int, gen: torch.Generator, batch_size: int, max_iter
     (relative squared shift) or after ``max_iters`` steps. A final pass over all points (in
     chunks) sets each center to the mean of the points nearest to it (empty clusters refilled)."""
     centers = kmeans_pp(x, k, gen)
-    seen = torch.zeros(k, dtype=x.dtype)
+    seen = torch.zeros(k, dtype=x.dtype, device=x.device)
     steps = 0
     for steps in range(1, max_iters + 1):
-        batch = x[torch.randint(x.shape[0], (batch_size,), generator=gen)]
+        batch = x[torch.randint(x.shape[0], (batch_size,), generator=gen).to(x.device)]
         assign, _ = nearest(batch, centers)
         m = torch.bincount(assign, minlength=k).to(x.dtype)
         sums = torch.zeros_like(centers).index_add_(0, assign, batch)
@@ -147,7 +147,7 @@ def minibatch(x: Tensor, k: int, gen: torch.Generator, batch_size: int, max_iter
 def medoids(x: Tensor, assign: Tensor, centers: Tensor) -> Tensor:
     """Index of the member of each cluster nearest its center (-1 for an empty cluster)."""
     dist = torch.cat([(x[s:s + CHUNK] - centers[assign[s:s + CHUNK]]).square().sum(1) for s in range(0, x.shape[0], CHUNK)])
-    out = torch.full((centers.shape[0],), -1, dtype=torch.long)
+    out = torch.full((centers.shape[0],), -1, dtype=torch.long, device=x.device)
     for j in range(centers.shape[0]):
         members = (assign == j).nonzero().flatten()
         if members.numel():

@@ -33,8 +33,8 @@ def encode_images(encoder: Encoder, images: Tensor, spec: DatasetSpec, chunk: in
 
 def clamp_to_pixels(x: Tensor, spec: DatasetSpec) -> Tensor:
     """Clamp model-space images to what real pixels can be (decoders may overshoot)."""
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
     return torch.maximum(torch.minimum(x, (1 - mean) / std), -mean / std)
 
 
@@ -49,5 +49,5 @@ def quantize_class(images: Tensor, spec: DatasetSpec, encoder: Encoder, k: int, 
     else:
         with torch.no_grad():
             chosen = clamp_to_pixels(encoder.decode(result.centers), spec)
-    return Prototypes(chosen, result.counts, result.objective, result.iterations,
+    return Prototypes(chosen.cpu(), result.counts.cpu(), result.objective, result.iterations,
                       settings.batch_size is not None and images.shape[0] > settings.batch_size)

@@ -24,7 +24,7 @@ from raydd.quantize.encoders import ENCODERS, EncoderState, check_vae, restore
 from raydd.quantize.fit import build_encoder, needs_sample
 from raydd.quantize.kmeans import KMeansSettings
 from raydd.quantize.prototypes import PROTOTYPES, Prototypes, quantize_class
-from raydd.runtime import init_ray
+from raydd.runtime import init_ray, require_gpus, task_device
 from raydd.storage.distilled import DistilledSet, save_set
 from raydd.storage.fs import check_reachable
 from raydd.storage.layout import model_tag, set_location
@@ -44,8 +44,8 @@ def check_config(cfg: dict[str, Any], spec: DatasetSpec) -> None:
             raise ConfigError(f"quantize.{key} must be a positive integer, got {q[key]!r}")
     if q["batch_size"] is not None and (not isinstance(q["batch_size"], int) or q["batch_size"] <= 0):
         raise ConfigError(f"quantize.batch_size must be null or a positive integer, got {q['batch_size']!r}")
-    if q["tol"] < 0 or q["cpus_per_task"] <= 0:
-        raise ConfigError("quantize.tol must be >= 0 and quantize.cpus_per_task > 0")
+    if q["tol"] < 0 or q["cpus_per_task"] <= 0 or q["gpus_per_task"] < 0:
+        raise ConfigError("quantize.tol must be >= 0, quantize.cpus_per_task > 0 and quantize.gpus_per_task >= 0")
     dim = spec.channels * spec.image_size ** 2
     if q["encoder"] == "pca" and q["latent_dim"] > dim:
         raise ConfigError(f"quantize.latent_dim={q['latent_dim']} exceeds the image dimension {dim} of {spec.name}")
@@ -81,10 +81,12 @@ def survey(ds_cfg: dict[str, Any], classes: list[int], per_class: int, seed: int
 @ray.remote
 def quantize_classes(ds_cfg: dict[str, Any], spec: DatasetSpec, classes: list[int], state: EncoderState,
                      settings: KMeansSettings, ipc: int, seed: int, prototype: str) -> dict[int, Prototypes]:
-    """Read only ``classes``, then quantize each with its own seeded generator."""
+    """Read only ``classes``, then quantize each with its own seeded generator, on the task's device."""
     data = load_split(ds_cfg, "train", classes=classes)
-    encoder = restore(state, spec)
-    return {c: quantize_class(data.images[data.labels == c], spec, encoder, ipc, settings,
+    device = task_device()
+    encoder = restore(state, spec, device)
+    images = data.images.to(device)
+    return {c: quantize_class(images[(data.labels == c).to(device)], spec, encoder, ipc, settings,
                               torch.Generator().manual_seed(seed * 1_000_003 + c), prototype)
             for c in classes}
 
@@ -105,6 +107,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     loc = set_location(cfg)
     check_reachable(loc)
     init_ray(cfg)
+    require_gpus(q["gpus_per_task"], "quantize.gpus_per_task")
     per_class = -(-q["fit_samples"] // spec.num_classes) if needs_sample(cfg) else 0
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     surveyed = ray.get([survey.remote(cfg["dataset"], g, per_class, cfg["seed"])
@@ -119,7 +122,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     t_encoder = time.time()
 
     settings = KMeansSettings(q["max_iters"], q["tol"], q["batch_size"], q["restarts"])
-    task = quantize_classes.options(num_cpus=q["cpus_per_task"])
+    task = quantize_classes.options(num_cpus=q["cpus_per_task"], num_gpus=q["gpus_per_task"])
     refs = [task.remote(cfg["dataset"], spec, g, state, settings, ipc, cfg["seed"], q["prototype"])
             for g in class_groups(spec.num_classes, q["classes_per_task"])]
     protos = {c: p for part in ray.get(refs) for c, p in part.items()}
