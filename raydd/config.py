@@ -130,13 +130,13 @@ def check_storage(cfg: dict[str, Any], stage: str) -> None:
     """Fail fast when the stage's output storage is unreachable, or (``data``) already holds shards."""
     from raydd.data.parquet import shard_paths
     from raydd.storage.fs import StorageError, check_reachable, resolve
-    from raydd.storage.layout import root, set_location
+    from raydd.storage.layout import root
 
     try:
         if stage == "data":
             loc = resolve(cfg["data"]["out"], cfg["storage"].get("endpoint_url"))
         else:
-            loc = set_location(cfg) if stage == "evaluate" else root(cfg)
+            loc = root(cfg)  # where every stage writes; evaluate.set is only read
         check_reachable(loc)
         if stage == "data" and any(shard_paths(loc, split) for split in ("train", "test")):
             raise ConfigError(f"data.out {loc.uri} already holds Parquet shards; choose another data.out or delete it")

@@ -7,23 +7,28 @@ import json
 from typing import Any
 
 from raydd.evaluate import stage as evaluate_stage
-from raydd.storage.layout import set_location
+from raydd.storage.fs import resolve
+from raydd.storage.layout import evaluation_location
 
 
 def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Make the method's set (or take ``evaluate.set`` as it is), evaluate it and the random-real baseline."""
     method = cfg["method"]
-    if method["stage"] == "distill":
-        importlib.import_module("raydd.experts.stage").run(cfg)  # skips experts already in the store
-        importlib.import_module("raydd.distill.stage").run(cfg)
-    else:
-        importlib.import_module("raydd.quantize.stage").run(cfg)
-    distilled = evaluate_stage.run(cfg)
-    baseline_cfg = {**cfg, "run_name": None, "method": {"name": "random", "stage": "baseline"}}
+    set_uri = cfg["evaluate"].get("set")
+    if not set_uri:
+        if method["stage"] == "distill":
+            importlib.import_module("raydd.experts.stage").run(cfg)  # skips experts already in the store
+            set_uri = importlib.import_module("raydd.distill.stage").run(cfg)["set"]
+        else:
+            set_uri = importlib.import_module("raydd.quantize.stage").run(cfg)["set"]
+    distilled = evaluate_stage.run(cfg, set_uri)
+    baseline_cfg = {**cfg, "run_name": None, "method": {"name": "random", "stage": "baseline"},
+                    "evaluate": {**cfg["evaluate"], "set": None}}
     baseline = evaluate_stage.run(baseline_cfg)
     rows = [{"method": method["name"], "ipc": cfg["ipc"], "model": arch, "distilled": distilled[arch]["mean"],
              "distilled_std": distilled[arch]["std"], "random": baseline[arch]["mean"], "random_std": baseline[arch]["std"]}
             for arch in distilled]
-    set_location(cfg).join("pipeline.json").write_bytes_atomic(json.dumps(rows, indent=2).encode())
+    evaluation_location(cfg, resolve(set_uri, cfg["storage"].get("endpoint_url"))).join("pipeline.json").write_bytes_atomic(json.dumps(rows, indent=2).encode())
     print(format_table(rows))
     return rows
 

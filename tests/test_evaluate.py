@@ -96,6 +96,6 @@ def test_evaluate_stage_full_on_digits(tmp_path, ray_session, capsys):
     summary = run(cfg)
     assert summary["convnet"]["n"] == 2 and 0.0 <= summary["convnet"]["mean"] <= 100.0
     assert "full ipc=all on digits" in capsys.readouterr().out
-    result = json.loads(next(tmp_path.glob("sets/full-*/eval.json")).read_text())
+    result = json.loads(next(tmp_path.glob("evals/full-*/eval.json")).read_text())
     assert result["meta"]["set_size"] == 1437 and result["meta"]["ipc"] is None
     assert [r["epochs"] for r in result["models"]] == [1, 1]

@@ -221,13 +221,13 @@ def test_interrupted_four_trial_sweep_resumes(tmp_path, ray_session):
     assert (first["status"] == "unfinished").any(), first
     done = first[first["status"] == "completed"]
     assert len(done) >= 1
-    kept = {t: (sweep / "sets" / t / "eval.json").stat().st_mtime for t in done["trial"]}
+    kept = {t: (sweep / "sets" / t / "set.parquet").stat().st_mtime for t in done["trial"]}
 
     out = tune_stage.run(compose(args))
     rows = pd.DataFrame(out["rows"])
     assert len(rows) == 4 and set(rows["status"]) <= {"completed", "stopped"}, rows
     assert (rows[rows["status"] == "stopped"]["iterations"] < 10).sum() >= 1, "ASHA stopped a trial early"
-    assert {t: (sweep / "sets" / t / "eval.json").stat().st_mtime for t in kept} == kept, "finished trials not re-run"
+    assert {t: (sweep / "sets" / t / "set.parquet").stat().st_mtime for t in kept} == kept, "finished trials not re-run"
     assert out["best_yaml"] and out["best"]["distill.lr_init"] == 0.05
 
 

@@ -25,7 +25,7 @@ from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray
 from raydd.storage.distilled import DistilledSet, save_set
-from raydd.storage.fs import check_reachable
+from raydd.storage.fs import Location, check_reachable
 from raydd.storage.layout import experts_location, root, run_name, set_location
 from raydd.storage.trajectory import TrajectoryStore
 
@@ -93,8 +93,10 @@ def assemble(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     return images, labels, soft, float(shards[0]["lr"][0]), history
 
 
-def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
-    """Distil; ``callbacks`` go to the trainer's RunConfig and ``train_name`` fixes its run name (``raydd tune``)."""
+def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | None = None,
+        out: Location | None = None) -> dict[str, Any]:
+    """Distil into ``out`` (default: the method's set location); ``callbacks`` go to the trainer's RunConfig
+    and ``train_name`` fixes its run name (``raydd tune``)."""
     check_reachable(root(cfg))
     store = open_store(cfg)
     init_ray(cfg)
@@ -120,7 +122,7 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)
-    loc = set_location(cfg)
+    loc = out or set_location(cfg)
     save_set(ds, loc, spec)
     if history:
         loc.join("distill_metrics.csv").write_bytes_atomic(pd.DataFrame(history).to_csv(index=False).encode())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from raydd.storage.fs import Location, resolve
+
+EVALUATE_ORCHESTRATION_KEYS = ("set", "cpus_per_model", "gpus_per_model")
 
 
 def root(cfg: dict[str, Any]) -> Location:
@@ -40,8 +44,26 @@ def run_name(cfg: dict[str, Any]) -> str:
     return "-".join([*parts, cfg["dataset"]["name"], model_tag(cfg["model"])])
 
 
+def digest(settings: Any) -> str:
+    """A short sha256 of ``settings`` in canonical JSON: the suffix that tells apart what they define."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+
+
 def set_location(cfg: dict[str, Any]) -> Location:
-    """Where the configured method's distilled (or baseline) set lives."""
+    """Where the configured method writes its distilled (or baseline) set; never ``evaluate.set``."""
+    return root(cfg).join("sets", run_name(cfg))
+
+
+def evaluated_set(cfg: dict[str, Any]) -> Location:
+    """The set ``raydd evaluate`` reads: ``evaluate.set``, else the configured method's own set."""
     if cfg["evaluate"].get("set"):
         return resolve(cfg["evaluate"]["set"], cfg["storage"].get("endpoint_url"))
-    return root(cfg).join("sets", run_name(cfg))
+    return set_location(cfg)
+
+
+def evaluation_location(cfg: dict[str, Any], set_loc: Location) -> Location:
+    """Where an evaluation of the set at ``set_loc`` writes its metrics: under ``storage.root``, never inside
+    the set, named by the set and a digest of the set's URI and the evaluation settings."""
+    settings = {"set": set_loc.uri, "seed": cfg["seed"], "model": cfg["model"],
+                "evaluate": {k: v for k, v in cfg["evaluate"].items() if k not in EVALUATE_ORCHESTRATION_KEYS}}
+    return root(cfg).join("evals", f"{set_loc.uri.rstrip('/').rsplit('/', 1)[-1]}-{digest(settings)}")

@@ -25,7 +25,7 @@ FIXED = {
     "distill.cpus_per_worker": "it decides how many trials run at once",
     "distill.gpus_per_worker": "it decides how many trials run at once",
     "run_name": "each trial names its own run",
-    "evaluate.set": "each trial writes its own set",
+    "evaluate.set": "each trial evaluates the set it distils",
     "experts.store": "swept expert settings get their own stores",
 }
 FIXED_PREFIXES = {

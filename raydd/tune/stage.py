@@ -100,8 +100,7 @@ def can_restore(sweep: Location) -> bool:
 def export_best(cfg: dict[str, Any], best: dict[str, Any], params: list[Param], sweep: Location) -> str:
     """Write the best trial's config to ``best.yaml`` (and ``configs/experiment/<tune.export_experiment>.yaml``);
     return the command that runs it."""
-    trial = trial_config(cfg, {p.key: best[p.key] for p in params}, best["trial"])
-    trial = with_values(trial, {"run_name": cfg["run_name"], "evaluate.set": cfg["evaluate"]["set"]})
+    trial = with_values(trial_config(cfg, {p.key: best[p.key] for p in params}), {"run_name": cfg["run_name"]})
     prefix = "" if sweep_name(cfg).startswith("tune") else "tune_"
     name = cfg["tune"]["export_experiment"] or f"{prefix}{sweep_name(cfg)}_best"
     note = (f"best of sweep {sweep.uri} (trial {best['trial']}: test accuracy {best['test_acc']:.2f} ± "
