@@ -21,7 +21,7 @@ from raydd.storage.layout import experts_location, set_location
 from raydd.tune import stage as tune_stage
 from raydd.tune.export import experiment_yaml, override_value
 from raydd.tune.space import parse_space, with_values
-from raydd.tune.stores import store_configs, trial_store
+from raydd.tune.stores import store_configs
 
 TINY = ["dataset=digits", "model.width=8", "model.depth=2", "experts.num=2", "experts.epochs=4", "experts.batch_size=64",
         "experts.lr=0.05", "distill.syn_steps=6", "distill.expert_epochs=1", "distill.max_start_epoch=2",
@@ -82,8 +82,7 @@ def test_swept_expert_settings_get_their_own_stores(tmp_path):
     stores = [experts_location(c).uri for c in configs]
     assert len(stores) == 2 and len(set(stores)) == 2
     assert experts_location(base).uri in stores, "the base's own value reads the default store"
-    assert trial_store(base, base) is None
-    assert all(s.startswith(experts_location(base).uri) for s in stores)
+    assert all(s.rsplit("-", 1)[0] == experts_location(base).uri.rsplit("-", 1)[0] for s in stores)
     random_gp = tiny(tmp_path, "method=ast", "tune.space={experts.gradient_penalty:{uniform:[0.0,0.1]}}")
     with pytest.raises(ConfigError, match="changes the expert trajectories"):
         store_configs(parse_space(random_gp), random_gp)

@@ -24,7 +24,7 @@ from raydd.distill.worker import train_fn
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray
-from raydd.storage.distilled import DistilledSet, save_set
+from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable
 from raydd.storage.layout import experts_location, root, run_name, set_location
 from raydd.storage.trajectory import TrajectoryStore
@@ -98,6 +98,11 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
     """Distil into ``out`` (default: the method's set location); ``callbacks`` go to the trainer's RunConfig
     and ``train_name`` fixes its run name (``raydd tune``)."""
     check_reachable(root(cfg))
+    loc = out or set_location(cfg)
+    if loc.join("set.parquet").exists():  # the same settings made it before: never overwrite it
+        ds = load_set(loc)
+        print(f"distilled set already at {loc.uri} (same settings): kept")
+        return {"set": loc.uri, "lr": ds.lr, **ds.meta}
     store = open_store(cfg)
     init_ray(cfg)
     spec, train, test = load_dataset(cfg["dataset"])
@@ -122,7 +127,6 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)
-    loc = out or set_location(cfg)
     save_set(ds, loc, spec)
     if history:
         loc.join("distill_metrics.csv").write_bytes_atomic(pd.DataFrame(history).to_csv(index=False).encode())

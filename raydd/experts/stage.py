@@ -26,13 +26,9 @@ from raydd.models.functional import ParamLayout
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray
 from raydd.storage.fs import Location, check_reachable, s3_endpoint
-from raydd.storage.layout import experts_location
+from raydd.storage.layout import experts_location, store_settings
 from raydd.storage.trajectory import (DTYPES, ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
                                       open_manifest, remove_temp_files, write_manifest)
-
-# Keys that decide where and how fast experts train, not what they are: left out of the config hash.
-ORCHESTRATION_KEYS = ("num", "cpus_per_expert", "gpus_per_expert", "max_retries", "store")
-DATA_LOCATION_KEYS = ("root", "endpoint_url")
 
 _train_and_commit = ray.remote(train_and_commit)
 
@@ -53,16 +49,9 @@ def check_options(cfg: dict[str, Any]) -> None:
         raise ConfigError("experts.lr and experts.batch_size must be positive")
 
 
-def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What determines the trajectories: expert training, dataset, model, seed and ZCA."""
-    return {"experts": {k: v for k, v in cfg["experts"].items() if k not in ORCHESTRATION_KEYS},
-            "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATA_LOCATION_KEYS},
-            "model": cfg["model"], "seed": cfg["seed"], "zca": bool(cfg["zca"])}
-
-
 def store_meta(cfg: dict[str, Any], spec: DatasetSpec, layout: ParamLayout) -> dict[str, Any]:
     """The store's metadata (manifest ``meta``; every shard's schema carries it too)."""
-    e, config = cfg["experts"], hashed_config(cfg)
+    e, config = cfg["experts"], store_settings(cfg)
     return {"form": e["form"], "dtype": e["dtype"], "variant": e["variant"], "epochs": e["epochs"],
             "convex_points": e["convex_points"] if e["form"] == "convex" else None,
             "dataset": dataclasses.asdict(spec), "model": cfg["model"], "layout": layout.to_json(),

@@ -25,7 +25,7 @@ from raydd.quantize.fit import build_encoder, needs_sample
 from raydd.quantize.kmeans import KMeansSettings
 from raydd.quantize.prototypes import PROTOTYPES, Prototypes, quantize_class
 from raydd.runtime import init_ray
-from raydd.storage.distilled import DistilledSet, save_set
+from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import check_reachable
 from raydd.storage.layout import model_tag, set_location
 
@@ -104,6 +104,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     check_config(cfg, spec)
     loc = set_location(cfg)
     check_reachable(loc)
+    if loc.join("set.parquet").exists():  # the same settings made it before: never overwrite it
+        print(f"{method} set already at {loc.uri} (same settings): kept")
+        return {"set": loc.uri, **load_set(loc).meta}
     init_ray(cfg)
     per_class = -(-q["fit_samples"] // spec.num_classes) if needs_sample(cfg) else 0
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -7,7 +7,6 @@ from typing import Any
 from raydd.storage.fs import Location, resolve
 from raydd.storage.layout import root
 from raydd.tune.space import get, with_values
-from raydd.tune.stores import with_store
 
 PATH_KEYS = ("storage.root", "experts.store", "evaluate.set", "dataset.root", "dataset.uri")
 
@@ -19,8 +18,8 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The base config with the trial's values and its expert store."""
-    return with_store(with_values(base, params), base)
+    """The base config with the trial's values (a swept expert setting names its own store)."""
+    return with_values(base, params)
 
 
 def trial_set(base: dict[str, Any], trial_id: str) -> Location:
