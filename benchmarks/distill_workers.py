@@ -36,7 +36,7 @@ def main() -> None:
 
     from raydd.config import compose
     from raydd.distill import stage as distill
-    from raydd.storage.layout import set_location
+    from raydd.storage.fs import resolve
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rows = []
@@ -46,8 +46,8 @@ def main() -> None:
                        f"distill.iterations={args.iterations}", f"distill.syn_steps={args.syn_steps}",
                        "distill.max_start_epoch=4", "distill.eval_every=0", f"distill.checkpoint_every={args.iterations}",
                        "distill.cpus_per_worker=1", f"run_name=workers{workers}-ipc50"])
-        distill.run(cfg)
-        seconds = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)["seconds"].tolist()[1:]
+        out = resolve(distill.run(cfg)["set"])
+        seconds = pd.read_csv(out.join("distill_metrics.csv").path)["seconds"].tolist()[1:]
         per_iter = statistics.fmean(seconds)
         rows.append({"workers": workers, "images": 500, "s_per_iteration": per_iter, "images_per_s": 500 / per_iter})
         print(rows[-1], flush=True)

@@ -93,7 +93,7 @@ def test_summarize_mean_and_population_std():
 def test_evaluate_stage_full_on_digits(tmp_path, ray_session, capsys):
     cfg = compose(["dataset=digits", "method=full", "evaluate.epochs=1", "evaluate.num_models=2",
                    f"storage.root={tmp_path}"])
-    summary = run(cfg)
+    summary = run(cfg)["summary"]
     assert summary["convnet"]["n"] == 2 and 0.0 <= summary["convnet"]["mean"] <= 100.0
     assert "full ipc=all on digits" in capsys.readouterr().out
     result = json.loads(next(tmp_path.glob("evals/full-*/eval.json")).read_text())

@@ -25,14 +25,14 @@ from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray
 from raydd.storage.distilled import DistilledSet, load_set, save_set
-from raydd.storage.fs import Location, check_reachable
+from raydd.storage.fs import Location, check_reachable, resolve
 from raydd.storage.layout import experts_location, root, run_name, set_location
 from raydd.storage.trajectory import TrajectoryStore
 
 
-def open_store(cfg: dict[str, Any]) -> TrajectoryStore:
-    """The expert store this run matches, checked against the run's dataset, model and window."""
-    loc = experts_location(cfg)
+def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryStore:
+    """The expert store at ``store_uri`` (default: the configured one), checked against the run's window."""
+    loc = resolve(store_uri, cfg["storage"].get("endpoint_url")) if store_uri else experts_location(cfg)
     if not loc.join("manifest.json").exists():
         raise FileNotFoundError(f"no expert trajectories at {loc.uri}: run `raydd experts` with the same "
                                 "dataset/model/experts settings first (or set experts.store)")
@@ -93,17 +93,18 @@ def assemble(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     return images, labels, soft, float(shards[0]["lr"][0]), history
 
 
-def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | None = None,
-        out: Location | None = None) -> dict[str, Any]:
-    """Distil into ``out`` (default: the method's set location); ``callbacks`` go to the trainer's RunConfig
-    and ``train_name`` fixes its run name (``raydd tune``)."""
+def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None = None,
+        callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
+    """Distil from the expert store at ``store_uri`` (default: the configured one) into ``out`` (default: the
+    method's set location); returns the set's URI as ``set`` with its metadata. ``callbacks`` go to the
+    trainer's RunConfig and ``train_name`` fixes its run name (``raydd tune``)."""
     check_reachable(root(cfg))
     loc = out or set_location(cfg)
     if loc.join("set.parquet").exists():  # the same settings made it before: never overwrite it
         ds = load_set(loc)
         print(f"distilled set already at {loc.uri} (same settings): kept")
         return {"set": loc.uri, "lr": ds.lr, **ds.meta}
-    store = open_store(cfg)
+    store = open_store(cfg, store_uri)
     init_ray(cfg)
     spec, train, test = load_dataset(cfg["dataset"])
     zca = store.zca()
@@ -114,7 +115,7 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
     test_ref = ray.put((to_model_space(test_small.images, spec, zca), test_small.labels)) if d["eval_every"] else None
     init_ref = ray.put({"images": images, "labels": labels, "soft": soft})
     tic = time.time()
-    result = trainer_for(cfg, store_uri=experts_location(cfg).uri, init_ref=init_ref, test_ref=test_ref,
+    result = trainer_for(cfg, store_uri=store.loc.uri, init_ref=init_ref, test_ref=test_ref,
                          callbacks=callbacks, name=train_name).fit()
     if result.error:
         raise result.error
@@ -123,7 +124,7 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
     meta = {"method": cfg["method"]["name"], "ipc": cfg["ipc"], "dataset": spec.name, "model": cfg["model"],
             "workers": cfg["workers"], "iterations": d["iterations"], "syn_steps": d["syn_steps"],
             "expert_epochs": d["expert_epochs"], "intermediate_targets": len(interior_points(d)),
-            "experts": experts_location(cfg).uri,
+            "experts": store.loc.uri,
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)

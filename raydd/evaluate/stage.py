@@ -15,7 +15,8 @@ from raydd.storage.layout import evaluated_set, evaluation_location, set_locatio
 
 def run(cfg: dict[str, Any], set_uri: str | None = None) -> dict[str, Any]:
     """Evaluate the set at ``set_uri`` (else ``evaluate.set``, else the method's set or baseline); metrics go
-    under ``<storage.root>/evals/``, never into the evaluated set."""
+    under ``<storage.root>/evals/``, never into the evaluated set. Returns the ``set`` URI, the ``metrics``
+    folder's URI (``eval.json``, ``eval.csv``) and the ``summary`` per architecture."""
     spec, train, test = load_dataset(cfg["dataset"])
     method = cfg["method"]["name"]
     if set_uri or cfg["evaluate"].get("set"):
@@ -39,4 +40,4 @@ def run(cfg: dict[str, Any], set_uri: str | None = None) -> dict[str, Any]:
                                        "dataset": spec.name, "set": loc.uri, "set_size": len(ds)})
     print(f"{method} ipc={cfg['ipc'] if method != 'full' else 'all'} on {spec.name}: {loc.uri} → {out.uri}")
     print(format_summary(summary))
-    return summary
+    return {"set": loc.uri, "metrics": out.uri, "summary": summary}

@@ -21,7 +21,7 @@ from raydd.config import ConfigError, config_dir
 from raydd.experts import stage as experts_stage
 from raydd.runtime import init_ray
 from raydd.storage.fs import Location, check_reachable
-from raydd.storage.layout import model_tag, root
+from raydd.storage.layout import digest, model_tag, root, store_settings
 from raydd.tune.export import experiment_yaml
 from raydd.tune.report import STATUSES, best_row, markdown, sweep_notes, trial_rows, write_plots, write_tables
 from raydd.tune.scheduler import TRIAL_CPU, check_scheduler, max_concurrent, scheduler, scheduler_text
@@ -74,10 +74,10 @@ def storage_args(loc: Location) -> tuple[str, pafs.FileSystem | None]:
     return loc.path, None if isinstance(loc.fs, pafs.LocalFileSystem) else loc.fs
 
 
-def make_tuner(cfg: dict[str, Any], params: list[Param], sweep: Location, restore: bool):
+def make_tuner(cfg: dict[str, Any], params: list[Param], sweep: Location, restore: bool, stores: dict[str, str]):
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=cfg), {"cpu": TRIAL_CPU})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=cfg, stores=stores), {"cpu": TRIAL_CPU})
     path, fs = storage_args(sweep)
     if restore:
         return tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
@@ -125,12 +125,12 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if restore and not cfg["tune"]["resume"]:
         raise ConfigError(f"a sweep named {sweep_name(cfg)!r} exists at {sweep.uri}: resume it (tune.resume=true) "
                           "or choose another tune.name")
-    for store_cfg in store_configs(params, cfg):  # trials only read the stores
-        experts_stage.run(store_cfg)
+    # Trials only read the stores, each the one the experts stage returned for its settings.
+    stores = {digest(store_settings(c)): experts_stage.run(c)["store"] for c in store_configs(params, cfg)}
     # Train reports carry eval_acc only every distill.eval_every iterations; ASHA skips the others.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     print(f"{'resuming' if restore else 'starting'} sweep {sweep.uri}")
-    rows = trial_rows(make_tuner(cfg, params, sweep, restore).fit(), params)
+    rows = trial_rows(make_tuner(cfg, params, sweep, restore, stores).fit(), params)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     if counts["error"] == len(rows):
         raise RuntimeError(f"all {len(rows)} trials failed; first: {rows[0]['error']}")
