@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import ray
 
-from raydd.config import ConfigError, compose, config_dir
+from raydd.config import compose, config_dir, validate
+from raydd.specs import ConfigError
 from raydd.distill import stage as distill_stage
 from raydd.storage.distilled import load_set
 from raydd.storage.fs import resolve
@@ -73,7 +74,7 @@ def test_bad_space_fails_before_any_work(tmp_path, space, message):
 ])
 def test_bad_sweep_options_fail_fast(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        tune_stage.check_options(tiny(tmp_path, "distill.iterations=20", *overrides))
+        validate(tiny(tmp_path, "distill.iterations=20", *overrides), "tune")
 
 
 def test_swept_expert_settings_get_their_own_stores(tmp_path):

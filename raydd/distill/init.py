@@ -13,8 +13,6 @@ from raydd.evaluate.baselines import random_indices
 from raydd.models.functional import FlatModel
 
 
-REPRESENTATIVES = ("kmeans", "kmeans_medoid", "mean")  # AST's representative initialisations
-
 
 def to_model_space(images: Tensor, spec: DatasetSpec, zca: ZCA | None) -> Tensor:
     x = normalize(images, spec)
@@ -79,9 +77,7 @@ def initial_set(d: dict[str, Any], train: ImageData, spec: DatasetSpec, ipc: int
         x_all = to_model_space(train.images, spec, zca)
         idx = correct_indices(train, x_all, net, experts, ipc, seed)
         images, labels = x_all[idx], train.labels[idx]
-    elif how in REPRESENTATIVES:
+    else:  # kmeans, kmeans_medoid or mean: AST's representatives (raydd.specs checks distill.init)
         images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
-    else:
-        raise ValueError(f"unknown distill.init {how!r}; choose one of {', '.join(('real', 'correct', *REPRESENTATIVES))}")
     soft = expert_logits(net, experts, images) if d.get("soft_labels") else None
     return images.contiguous(), labels, soft

@@ -8,6 +8,7 @@ from raydd.data.registry import load_dataset
 from raydd.evaluate.baselines import full_set, random_set
 from raydd.evaluate.run import evaluate_set, format_summary, summarize, write_results
 from raydd.runtime import init_ray
+from raydd.specs import RunSpec
 from raydd.storage.distilled import load_set, save_set
 from raydd.storage.fs import resolve
 from raydd.storage.layout import evaluated_set, evaluation_location, set_location
@@ -33,7 +34,7 @@ def run(cfg: dict[str, Any], set_uri: str | None = None) -> dict[str, Any]:
         loc = set_location(cfg)
         ds = load_set(loc)
     init_ray(cfg)
-    rows = evaluate_set(ds, cfg, spec, test)
+    rows = evaluate_set(ds, RunSpec.from_config(cfg), spec, test)
     summary = summarize(rows)
     out = evaluation_location(cfg, loc)
     write_results(out, rows, summary, {"method": ds.meta.get("method", method), "ipc": None if method == "full" else cfg["ipc"],

@@ -12,7 +12,8 @@ from torch import Tensor
 from raydd.data.types import DatasetSpec, ImageData, normalize
 from raydd.data.zca import ZCA
 from raydd.experts.convex import convexify, knot_rows
-from raydd.experts.train import ExpertRun, ExpertSpec, train_expert
+from raydd.experts.train import ExpertRun, train_expert
+from raydd.specs import ExpertsSpec
 from raydd.models.registry import build_model
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import ShardRows, write_shard
@@ -43,10 +44,10 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
                      spec: DatasetSpec, train: ImageData, test: ImageData, zca: ZCA | None,
                      meta: dict[str, Any], progress: Any = None) -> dict[str, Any]:
     """Train expert ``expert_id`` with its own seed, write its shard; returns the manifest entry and stats."""
-    e = cfg["experts"]
+    e = ExpertsSpec.from_config(cfg["experts"])
     seed = expert_seed(cfg["seed"], expert_id)
-    torch.set_num_threads(max(1, int(e["cpus_per_expert"])))
-    device = torch.device("cuda" if e["gpus_per_expert"] > 0 and torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(max(1, int(e.cpus_per_expert)))
+    device = torch.device("cuda" if e.gpus_per_expert > 0 and torch.cuda.is_available() else "cpu")
     started, cpu = time.time(), time.process_time()
     torch.manual_seed(seed)
     model = build_model(cfg["model"], spec).to(device)
@@ -56,8 +57,8 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
         progress.report.remote(expert_id, 0, pid)
     run = train_expert(model, model_inputs(train, spec, zca, device), train.labels.to(device),
                        model_inputs(test, spec, zca, device), test.labels.to(device),
-                       ExpertSpec.from_config(e), seed, report)
-    rows = shard_rows(expert_id, run, e["form"], e["convex_points"])
-    entry = write_shard(resolve(store_uri, endpoint_url), rows, {**meta, "seed": seed}, e["dtype"])
+                       e, seed, report)
+    rows = shard_rows(expert_id, run, e.form, e.convex_points)
+    entry = write_shard(resolve(store_uri, endpoint_url), rows, {**meta, "seed": seed}, e.dtype)
     return {"entry": entry, "test_acc": run.test_acc[-1], "seconds": time.time() - started,
             "cpu_seconds": time.process_time() - cpu}

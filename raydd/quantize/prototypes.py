@@ -13,7 +13,6 @@ from raydd.quantize.encoders import Encoder
 from raydd.quantize.kmeans import KMeansSettings, kmeans, medoids
 
 ENCODE_CHUNK = 1024
-PROTOTYPES = ("centroid", "medoid")
 
 
 @dataclass

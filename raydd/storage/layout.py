@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from raydd.specs import ModelSpec
 from raydd.storage.fs import Location, resolve
 
 # Settings that decide where or how fast something runs, or where its input is read from, not what it
@@ -27,9 +28,7 @@ def root(cfg: dict[str, Any]) -> Location:
 
 
 def model_tag(model: dict[str, Any]) -> str:
-    if model["name"] == "convnet":
-        return f"convnet{model.get('depth', 3)}w{model.get('width', 128)}{'' if model.get('norm', 'instance') == 'instance' else model['norm']}"
-    return model["name"]
+    return ModelSpec.from_config(model).tag
 
 
 def store_settings(cfg: dict[str, Any]) -> dict[str, Any]:

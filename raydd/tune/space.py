@@ -12,7 +12,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from raydd.config import ConfigError, validate
+from raydd.config import validate
+from raydd.specs import ConfigError
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 

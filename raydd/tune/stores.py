@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from raydd.config import ConfigError
+from raydd.specs import ConfigError
 from raydd.storage.layout import experts_location, store_settings
 from raydd.tune.space import Param, with_values
 
