@@ -21,15 +21,17 @@ STAGES = {
     "pipeline": "experts → distill → evaluate (or quantize → evaluate) in one job",
 }
 def config_dir() -> Path:
-    """``$RAYDD_CONFIG_DIR``, else ``./configs``, else the ``configs/`` beside the package."""
-    for candidate in (os.environ.get("RAYDD_CONFIG_DIR"), "configs", Path(__file__).resolve().parents[1] / "configs"):
-        if candidate and (Path(candidate) / "config.yaml").exists():
-            return Path(candidate).resolve()
-    raise ConfigError("configs/config.yaml not found: run from the raydd checkout or set RAYDD_CONFIG_DIR")
+    """``$RAYDD_CONFIG_DIR`` (a user's own copy of the configs), else the configs installed with the package."""
+    user = os.environ.get("RAYDD_CONFIG_DIR")
+    if user is None:
+        return Path(__file__).resolve().parent / "configs"
+    if not (Path(user) / "config.yaml").exists():
+        raise ConfigError(f"RAYDD_CONFIG_DIR={user} holds no config.yaml")
+    return Path(user).resolve()
 
 
 def compose(overrides: list[str]) -> dict[str, Any]:
-    """Compose ``configs/config.yaml`` with ``key=value`` overrides into a plain dict."""
+    """Compose ``config.yaml`` of :func:`config_dir` with ``key=value`` overrides into a plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException

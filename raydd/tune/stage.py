@@ -78,20 +78,20 @@ def can_restore(sweep: Location) -> bool:
 
 
 def export_best(cfg: dict[str, Any], best: dict[str, Any], params: list[Param], sweep: Location) -> str:
-    """Write the best trial's config to ``best.yaml`` (and ``configs/experiment/<tune.export_experiment>.yaml``);
+    """Write the best trial's config to ``best.yaml`` (and ``<config dir>/experiment/<tune.export_experiment>.yaml``);
     return the command that runs it."""
     trial = with_values(trial_config(cfg, {p.key: best[p.key] for p in params}), {"run_name": cfg["run_name"]})
     prefix = "" if cfg["tune"]["name"].startswith("tune") else "tune_"
     name = cfg["tune"]["export_experiment"] or f"{prefix}{cfg['tune']['name']}_best"
     note = (f"best of sweep {sweep.uri} (trial {best['trial']}: test accuracy {best['test_acc']:.2f} ± "
-            f"{best['test_std']:.2f} %);\nneeds this file as configs/experiment/{name}.yaml "
+            f"{best['test_std']:.2f} %);\nneeds this file as {config_dir() / 'experiment' / name}.yaml "
             f"(`raydd tune ... tune.export_experiment={name}` writes it there)")
     text = experiment_yaml(trial, name, note)
     sweep.join("best.yaml").write_bytes_atomic(text.encode())
     if cfg["tune"]["export_experiment"]:
         (config_dir() / "experiment" / f"{name}.yaml").write_text(text)
         return f"raydd distill experiment={name}"
-    return f"cp {sweep.join('best.yaml').uri} configs/experiment/{name}.yaml && raydd distill experiment={name}"
+    return f"cp {sweep.join('best.yaml').uri} {config_dir() / 'experiment'}/{name}.yaml && raydd distill experiment={name}"
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
