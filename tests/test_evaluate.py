@@ -11,7 +11,7 @@ from raydd.config import compose
 from raydd.evaluate.baselines import random_indices
 from raydd.evaluate.run import summarize
 from raydd.evaluate.stage import run
-from raydd.evaluate.train import TrainSpec, accuracy, set_loss, train_on_set
+from raydd.core.train import TrainSpec, accuracy, set_loss, train_on_set
 from raydd.models.convnet import ConvNet
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
 from raydd.models.functional import FlatModel, ParamLayout, flatten_params, load_flat
 from raydd.models.registry import build_model
 

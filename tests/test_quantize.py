@@ -10,13 +10,13 @@ from torch import nn
 from raydd.config import check_data, compose, validate
 from raydd.specs import ConfigError, RunSpec
 from raydd.data.registry import dataset_spec, load_split
-from raydd.data.types import DatasetSpec, normalize
+from raydd.core.images import DatasetSpec, normalize
 from raydd.evaluate.run import evaluate_set
-from raydd.evaluate.train import set_loss
+from raydd.core.train import set_loss
 from raydd.quantize import stage
 from raydd.quantize.encoders import (AutoencoderEncoder, ConvAutoencoder, PCAEncoder, PixelEncoder, VAEEncoder,
                                      check_vae, restore)
-from raydd.quantize.kmeans import KMeansSettings
+from raydd.core.kmeans import KMeansSettings
 from raydd.quantize.prototypes import quantize_class
 from raydd.storage.distilled import load_set
 from raydd.storage.fs import resolve

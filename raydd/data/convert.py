@@ -9,7 +9,7 @@ import torch
 from raydd.data.parquet import write_shard, write_split
 from raydd.data.registry import DATASETS, load_split
 from raydd.data.sources import decode_images
-from raydd.data.types import DatasetSpec, ImageData
+from raydd.core.images import DatasetSpec, ImageData
 from raydd.storage.fs import Location
 
 SPLITS = ("train", "test")

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raydd.data.types import ImageData
+from raydd.core.images import ImageData
 from raydd.storage.fs import Location
 
 FORMAT = "raydd.images.v1"

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.data.zca import ZCA
+from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.zca import ZCA
 from raydd.evaluate.baselines import random_indices
 from raydd.models.functional import FlatModel
 
@@ -45,7 +45,7 @@ def correct_indices(train: ImageData, x_all: Tensor, net: FlatModel, experts: li
 def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) -> tuple[Tensor, Tensor]:
     """AST representative initialisation per class: k-means centres, the real image nearest each centre
     (``kmeans_medoid``), or averages of random groups (``mean``)."""
-    from raydd.quantize.kmeans import kmeans, medoids
+    from raydd.core.kmeans import kmeans, medoids
 
     gen = torch.Generator().manual_seed(seed)
     images, ys = [], []

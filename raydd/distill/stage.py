@@ -16,7 +16,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raydd.data.registry import load_dataset
-from raydd.data.types import DatasetSpec, ImageData
+from raydd.core.images import DatasetSpec, ImageData
 from raydd.distill.init import initial_set, to_model_space
 from raydd.distill.sampling import interior_points
 from raydd.distill.state import load_all_shards

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raydd.data.dsa import dsa
+from raydd.core.dsa import dsa
 from raydd.models.functional import FlatModel
 
 

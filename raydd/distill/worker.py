@@ -20,7 +20,7 @@ from raydd.distill.sharding import shard_indices
 from raydd.distill.state import ShardState, load_shard, make_optimizers, save_shard
 from raydd.distill.step import apply_step, compute_gradients, grads_finite, perturb, segment_targets
 from raydd.distill.unroll import UnrollSpec
-from raydd.evaluate.train import TrainSpec, accuracy, train_on_set
+from raydd.core.train import TrainSpec, accuracy, train_on_set
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.storage.fs import resolve

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from raydd.data.types import DatasetSpec, ImageData, normalize
+from raydd.core.images import DatasetSpec, ImageData, normalize
 from raydd.storage.distilled import DistilledSet
 
 

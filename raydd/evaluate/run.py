@@ -12,8 +12,8 @@ from typing import Any
 import ray
 import torch
 
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.evaluate.train import TrainSpec, accuracy, train_on_set
+from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.train import TrainSpec, accuracy, train_on_set
 from raydd.models.registry import build_model
 from raydd.specs import EvaluateSpec, ModelSpec, RunSpec
 from raydd.storage.distilled import DistilledSet

@@ -17,8 +17,8 @@ from safetensors.torch import load, save
 from tqdm import tqdm
 
 from raydd.data.registry import dataset_spec, load_dataset
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.data.zca import ZCA
+from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.zca import ZCA
 from raydd.experts.progress import start_progress, wait_for_experts
 from raydd.experts.worker import train_and_commit
 from raydd.models.functional import ParamLayout

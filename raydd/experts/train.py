@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raydd.data.dsa import DEFAULT_STRATEGY, dsa
-from raydd.evaluate.train import accuracy
+from raydd.core.dsa import DEFAULT_STRATEGY, dsa
+from raydd.core.train import accuracy
 from raydd.models.functional import flatten_params
 from raydd.specs import ExpertsSpec
 

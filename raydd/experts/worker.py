@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.data.zca import ZCA
-from raydd.experts.convex import convexify, knot_rows
+from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.zca import ZCA
+from raydd.core.convex import convexify, knot_rows
 from raydd.experts.train import ExpertRun, train_expert
 from raydd.specs import ExpertsSpec
 from raydd.models.registry import build_model

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
 from raydd.specs import ModelSpec
 
 MODELS = ("convnet", "resnet18", "vgg11", "alexnet")

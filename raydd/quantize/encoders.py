@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from raydd.specs import ENCODERS, ConfigError
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
 
 
 @dataclass

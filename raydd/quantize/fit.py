@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from raydd.specs import ConfigError, QuantizeSpec
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
 from raydd.quantize.encoders import (AutoencoderEncoder, ConvAutoencoder, Encoder, PCAEncoder, PixelEncoder,
                                      VAEEncoder, load_vae)
 from raydd.storage.fs import Location

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raydd.data.types import DatasetSpec, normalize
+from raydd.core.images import DatasetSpec, normalize
 from raydd.quantize.encoders import Encoder
-from raydd.quantize.kmeans import KMeansSettings, kmeans, medoids
+from raydd.core.kmeans import KMeansSettings, kmeans, medoids
 
 ENCODE_CHUNK = 1024
 

@@ -18,10 +18,10 @@ import ray
 import torch
 
 from raydd.data.registry import dataset_spec, load_split
-from raydd.data.types import DatasetSpec, ImageData, normalize
+from raydd.core.images import DatasetSpec, ImageData, normalize
 from raydd.quantize.encoders import EncoderState, restore
 from raydd.quantize.fit import autoencoder_location, build_encoder, needs_sample
-from raydd.quantize.kmeans import KMeansSettings
+from raydd.core.kmeans import KMeansSettings
 from raydd.quantize.prototypes import Prototypes, quantize_class
 from raydd.runtime import init_ray
 from raydd.specs import RunSpec

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from raydd.data.zca import ZCA
+from raydd.core.zca import ZCA
 from raydd.storage.fs import Location
 
 FORMAT = "raydd.distilled.v1"
@@ -100,7 +100,7 @@ def grid_png(ds: DistilledSet, spec) -> bytes:
     """A class-by-row grid of (at most 10 per class) images, un-whitened and de-normalised."""
     import torchvision.utils as vutils
 
-    from raydd.data.types import denormalize
+    from raydd.core.images import denormalize
 
     images = ds.images.detach().cpu()
     if ds.zca is not None:

@@ -30,9 +30,9 @@ import pyarrow.ipc as ipc
 import torch
 from torch import Tensor
 
-from raydd.data.zca import ZCA
+from raydd.core.zca import ZCA
 from raydd.errors import RayddError
-from raydd.experts.convex import ConvexTrajectory
+from raydd.core.convex import ConvexTrajectory
 from raydd.models.functional import ParamLayout
 from raydd.storage.fs import Location, resolve
 
