@@ -17,7 +17,8 @@ from raydd.data.registry import load_dataset
 from raydd.experts.progress import PROGRESS_PREFIX
 from raydd.experts.stage import run
 from raydd.experts.train import clip_loss, gradient_penalty, objective, train_expert
-from raydd.experts.worker import expert_seed, model_inputs
+from raydd.core.images import to_model_space
+from raydd.experts.worker import expert_seed
 from raydd.models.functional import flatten_params
 from raydd.models.registry import build_model
 from raydd.specs import ExpertsSpec
@@ -80,7 +81,7 @@ def test_train_expert_snapshots_and_is_deterministic(variant):
         torch.manual_seed(7)
         model = build_model(cfg["model"], spec)
         init = flatten_params(model)
-        x, tx = model_inputs(train, spec, None, torch.device("cpu")), model_inputs(test, spec, None, torch.device("cpu"))
+        x, tx = to_model_space(train.images, spec), to_model_space(test.images, spec)
         return init, train_expert(model, x, train.labels, tx, test.labels, espec, seed=7)
 
     threads = torch.get_num_threads()
@@ -121,8 +122,7 @@ def test_stage_commits_resumes_and_reproduces(tmp_path, cluster):
     try:
         torch.manual_seed(expert_seed(cfg["seed"], 1))
         model = build_model(cfg["model"], spec)
-        cpu = torch.device("cpu")
-        local = train_expert(model, model_inputs(train, spec, None, cpu), train.labels, model_inputs(test, spec, None, cpu),
+        local = train_expert(model, to_model_space(train.images, spec), train.labels, to_model_space(test.images, spec),
                              test.labels, ExpertsSpec.from_config(cfg["experts"]), expert_seed(cfg["seed"], 1))
     finally:
         torch.set_num_threads(threads)

@@ -3,8 +3,6 @@
 import hashlib
 from pathlib import Path
 
-import pytest
-
 from raydd.cli import main
 from raydd.data.registry import load_dataset
 from raydd.evaluate.baselines import random_set

@@ -7,16 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.images import DatasetSpec, ImageData, random_indices, to_model_space
+from raydd.core.kmeans import kmeans, medoids
 from raydd.core.zca import ZCA
-from raydd.evaluate.baselines import random_indices
 from raydd.models.functional import FlatModel
-
-
-
-def to_model_space(images: Tensor, spec: DatasetSpec, zca: ZCA | None) -> Tensor:
-    x = normalize(images, spec)
-    return zca.transform(x) if zca is not None else x
 
 
 @torch.no_grad()
@@ -45,7 +39,6 @@ def correct_indices(train: ImageData, x_all: Tensor, net: FlatModel, experts: li
 def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) -> tuple[Tensor, Tensor]:
     """AST representative initialisation per class: k-means centres, the real image nearest each centre
     (``kmeans_medoid``), or averages of random groups (``mean``)."""
-    from raydd.core.kmeans import kmeans, medoids
 
     gen = torch.Generator().manual_seed(seed)
     images, ys = [], []

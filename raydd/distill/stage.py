@@ -16,8 +16,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raydd.data.registry import load_dataset
-from raydd.core.images import DatasetSpec, ImageData
-from raydd.distill.init import initial_set, to_model_space
+from raydd.core.images import DatasetSpec, ImageData, to_model_space
+from raydd.distill.init import initial_set
 from raydd.distill.sampling import interior_points
 from raydd.distill.state import load_all_shards
 from raydd.distill.worker import train_fn

@@ -12,7 +12,7 @@ from typing import Any
 import ray
 import torch
 
-from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.images import DatasetSpec, ImageData, to_model_space
 from raydd.core.train import TrainSpec, accuracy, train_on_set
 from raydd.models.registry import build_model
 from raydd.specs import EvaluateSpec, ModelSpec, RunSpec
@@ -52,11 +52,6 @@ def train_and_test(arch: ModelSpec, spec: DatasetSpec, ds: DistilledSet, test_x:
 _train_and_test_task = ray.remote(train_and_test)
 
 
-def test_tensors(test: ImageData, spec: DatasetSpec, ds: DistilledSet) -> tuple[torch.Tensor, torch.Tensor]:
-    x = normalize(test.images, spec)
-    return (ds.zca.transform(x) if ds.zca is not None else x), test.labels
-
-
 def evaluate_set(ds: DistilledSet, run: RunSpec, spec: DatasetSpec, test: ImageData,
                  archs: list[str] | None = None, num_models: int | None = None) -> list[dict[str, Any]]:
     """Train ``num_models`` networks per architecture in parallel Ray tasks; one row per model."""
@@ -64,7 +59,7 @@ def evaluate_set(ds: DistilledSet, run: RunSpec, spec: DatasetSpec, test: ImageD
     archs = archs or list(ev.models)
     num_models = num_models or ev.num_models
     tspec = train_spec(ev, ds)
-    ds_ref, x_ref, y_ref = ray.put(ds), *map(ray.put, test_tensors(test, spec, ds))
+    ds_ref, x_ref, y_ref = ray.put(ds), ray.put(to_model_space(test.images, spec, ds.zca)), ray.put(test.labels)
     task = _train_and_test_task.options(num_cpus=ev.resources.cpus, num_gpus=ev.resources.gpus)
     jobs = [(arch, k, task.remote(model_spec(run.model, arch), spec, ds_ref, x_ref, y_ref, tspec, run.seed + k))
             for arch in archs for k in range(num_models)]
