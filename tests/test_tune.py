@@ -14,8 +14,9 @@ import pytest
 import ray
 
 from raydd.config import compose, config_dir, validate
-from raydd.specs import ConfigError
 from raydd.distill import stage as distill_stage
+from raydd.runtime import init_ray
+from raydd.specs import ConfigError
 from raydd.storage.distilled import load_set
 from raydd.storage.fs import resolve
 from raydd.storage.layout import experts_location, set_location
@@ -158,7 +159,7 @@ FOUR = "{ipc:{grid:[10,2]},distill.lr_init:{grid:[0.05,0.0001]}}"
 @pytest.fixture(scope="module")
 def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    tune_stage.start_ray({}, num_cpus=2)
+    init_ray({}, num_cpus=2)
     yield
     ray.shutdown()
 

@@ -8,9 +8,7 @@ table, plots and the best trial's config as an experiment file beside the trials
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -28,26 +26,6 @@ from raydd.tune.scheduler import TRIAL_CPU, max_concurrent, scheduler, scheduler
 from raydd.tune.space import Param, parse_space, with_values
 from raydd.tune.stores import store_configs
 from raydd.tune.trial import absolute_paths, run_trial, trial_config
-
-
-def start_ray(cfg: dict[str, Any], num_cpus: int | None = None) -> None:
-    """Connect to the configured cluster, or start a local Ray whose workers can reach its state API.
-
-    When Tune stops a trial it kills the trial's Train controller; Ray Train's placement-group
-    cleaner then asks the state API (the dashboard) whether the controller is gone, and frees its
-    workers' CPUs. A local Ray without a dashboard, or one of several on a host, cannot answer:
-    stopped trials would hold their CPUs and later trials would wait for them forever.
-    """
-    if ray.is_initialized() or cfg.get("ray_address") or os.environ.get("RAY_ADDRESS"):
-        init_ray(cfg)
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
 
 
 def storage_args(loc: Location) -> tuple[str, pafs.FileSystem | None]:
@@ -101,7 +79,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     spec = RunSpec.from_config(cfg)
     check_reachable(root(cfg))
     sweep = root(cfg).join("tune", tune_name(spec))
-    start_ray(cfg)
+    init_ray(cfg)
     restore = can_restore(sweep)
     if restore and not cfg["tune"]["resume"]:
         raise ConfigError(f"a sweep named {tune_name(spec)!r} exists at {sweep.uri}: resume it (tune.resume=true) "
