@@ -6,8 +6,8 @@ import importlib
 import sys
 
 from raydd.config import STAGES, check_data, check_storage, compose, describe, validate
-from raydd.specs import ConfigError
 from raydd.errors import RayddError
+from raydd.specs import ConfigError
 
 USAGE = "usage: raydd <stage> [key=value ...] [--help]\n\nstages:\n" + "\n".join(
     f"  {name:<9} {text}" for name, text in STAGES.items()) + "\n\nexample: raydd evaluate dataset=fashion_mnist method=random ipc=10"

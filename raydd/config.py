@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from raydd.errors import CorruptError
 from raydd.specs import ConfigError, QuantizeSpec, RunSpec, check, check_quantize_data, check_tune
 
 STAGES = {
@@ -78,6 +79,8 @@ def check_data(cfg: dict[str, Any], stage: str) -> None:
 
     try:
         data = check_available(cfg["dataset"])
+    except CorruptError:
+        raise  # the data is there but broken: a data error, not a config one
     except (FileNotFoundError, DatasetNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from e
     if stage in ("quantize", "pipeline") and cfg["method"]["stage"] == "quantize":

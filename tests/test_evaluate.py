@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from raydd.config import compose
 from raydd.core.images import random_indices
+from raydd.core.train import TrainSpec, accuracy, set_loss, train_on_set
 from raydd.evaluate.run import summarize
 from raydd.evaluate.stage import run
-from raydd.core.train import TrainSpec, accuracy, set_loss, train_on_set
 from raydd.models.convnet import ConvNet
 
 

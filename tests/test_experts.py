@@ -13,11 +13,11 @@ import torch
 from s3_fixtures import BUCKET, ray_session, s3_endpoint  # noqa: F401  (fixtures)
 
 from raydd.config import compose
+from raydd.core.images import to_model_space
 from raydd.data.registry import load_dataset
 from raydd.experts.progress import PROGRESS_PREFIX
 from raydd.experts.stage import run
 from raydd.experts.train import clip_loss, gradient_penalty, objective, train_expert
-from raydd.core.images import to_model_space
 from raydd.experts.worker import expert_seed
 from raydd.models.functional import flatten_params
 from raydd.models.registry import build_model

@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from raydd.config import check_data, compose, validate
-from raydd.specs import ConfigError, RunSpec
-from raydd.data.registry import dataset_spec, load_split
 from raydd.core.images import DatasetSpec, normalize
-from raydd.evaluate.run import evaluate_set
 from raydd.core.train import set_loss
+from raydd.data.registry import dataset_spec, load_split
+from raydd.evaluate.run import evaluate_set
 from raydd.quantize import stage
+from raydd.specs import ConfigError, RunSpec
 from raydd.quantize.encoders import (AutoencoderEncoder, ConvAutoencoder, PCAEncoder, PixelEncoder, VAEEncoder,
                                      check_vae, restore)
 from raydd.core.kmeans import KMeansSettings

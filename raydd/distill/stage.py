@@ -15,34 +15,41 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from raydd.data.registry import load_dataset
 from raydd.core.images import DatasetSpec, ImageData, to_model_space
+from raydd.data.registry import load_dataset
 from raydd.distill.init import initial_set
 from raydd.distill.sampling import interior_points
 from raydd.distill.state import load_all_shards
 from raydd.distill.worker import train_fn
+from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray
+from raydd.specs import ConfigError
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable, resolve
-from raydd.storage.layout import experts_location, root, run_name, set_location
+from raydd.storage.layout import experts_location, model_tag, root, run_name, set_location
 from raydd.storage.trajectory import TrajectoryStore
 
 
 def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryStore:
-    """The expert store at ``store_uri`` (default: the configured one), checked against the run's window."""
+    """The expert store at ``store_uri`` (default: the configured one), checked against the run's dataset,
+    model and start window."""
     loc = resolve(store_uri, cfg["storage"].get("endpoint_url")) if store_uri else experts_location(cfg)
     if not loc.join("manifest.json").exists():
-        raise FileNotFoundError(f"no expert trajectories at {loc.uri}: run `raydd experts` with the same "
-                                "dataset/model/experts settings first (or set experts.store)")
+        raise NotFoundError(f"no expert trajectories at {loc.uri}: run `raydd experts` with the same "
+                            "dataset/model/experts settings first (or set experts.store)")
     store = TrajectoryStore.open(loc)
+    made_for = (store.meta["dataset"]["name"], model_tag(store.meta["model"]))
+    if made_for != (cfg["dataset"]["name"], model_tag(cfg["model"])):
+        raise ConfigError(f"the expert store {loc.uri} was made for {made_for[0]} with {made_for[1]}, not "
+                          f"{cfg['dataset']['name']} with {model_tag(cfg['model'])}: choose its dataset/model or another experts.store")
     d = cfg["distill"]
     if d["max_start_epoch"] + d["expert_epochs"] > store.epochs:
-        raise ValueError(f"distill.max_start_epoch + expert_epochs = {d['max_start_epoch'] + d['expert_epochs']} "
-                         f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
+        raise ConfigError(f"distill.max_start_epoch + expert_epochs = {d['max_start_epoch'] + d['expert_epochs']} "
+                          f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
     if d.get("continuous_start") and store.meta.get("form") != "convex":
-        raise ValueError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
+        raise ConfigError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
     if d.get("intermediate_weight") and not interior_points(d):
         print(f"note: no intermediate matching: a segment of expert_epochs={d['expert_epochs']} has no stored "
               "epoch strictly inside it")

@@ -16,9 +16,10 @@ import ray
 from safetensors.torch import load, save
 from tqdm import tqdm
 
-from raydd.data.registry import dataset_spec, load_dataset
 from raydd.core.images import DatasetSpec, ImageData, normalize
 from raydd.core.zca import ZCA
+from raydd.data.registry import dataset_spec, load_dataset
+from raydd.errors import RunError
 from raydd.experts.progress import start_progress, wait_for_experts
 from raydd.experts.worker import train_and_commit
 from raydd.models.functional import ParamLayout
@@ -78,7 +79,7 @@ def train_missing(cfg: dict[str, Any], store: Location, manifest: dict[str, Any]
     ray.kill(progress)
     remove_temp_files(store)
     if failures:
-        raise RuntimeError(f"{len(failures)} expert(s) failed after {e.max_retries} retries (committed experts are "
+        raise RunError(f"{len(failures)} expert(s) failed after {e.max_retries} retries (committed experts are "
                            f"kept; re-run to resume): " + "; ".join(f"expert {i}: {m}" for i, m in sorted(failures.items())))
     return results
 

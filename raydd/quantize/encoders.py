@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from raydd.specs import ENCODERS, ConfigError
 from raydd.core.images import DatasetSpec
+from raydd.specs import ENCODERS, ConfigError
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from raydd.specs import ConfigError, QuantizeSpec
 from raydd.core.images import DatasetSpec
+from raydd.specs import ConfigError, QuantizeSpec
 from raydd.quantize.encoders import (AutoencoderEncoder, ConvAutoencoder, Encoder, PCAEncoder, PixelEncoder,
                                      VAEEncoder, load_vae)
 from raydd.storage.fs import Location

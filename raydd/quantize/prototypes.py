@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from raydd.core.images import DatasetSpec, normalize
-from raydd.quantize.encoders import Encoder
 from raydd.core.kmeans import KMeansSettings, kmeans, medoids
+from raydd.quantize.encoders import Encoder
 
 ENCODE_CHUNK = 1024
 

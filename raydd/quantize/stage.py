@@ -17,11 +17,11 @@ from typing import Any
 import ray
 import torch
 
+from raydd.core.images import DatasetSpec, ImageData, TooFewImagesError, normalize
+from raydd.core.kmeans import KMeansSettings
 from raydd.data.registry import dataset_spec, load_split
-from raydd.core.images import DatasetSpec, ImageData, normalize
 from raydd.quantize.encoders import EncoderState, restore
 from raydd.quantize.fit import autoencoder_location, build_encoder, needs_sample
-from raydd.core.kmeans import KMeansSettings
 from raydd.quantize.prototypes import Prototypes, quantize_class
 from raydd.runtime import init_ray
 from raydd.specs import RunSpec
@@ -33,7 +33,7 @@ from raydd.storage.layout import root, set_location
 def check_ipc(sizes: dict[int, int], ipc: int) -> None:
     for c, n in sorted(sizes.items()):
         if n < ipc:
-            raise ValueError(f"class {c} has {n} training images, fewer than ipc={ipc}")
+            raise TooFewImagesError(f"class {c} has {n} training images, fewer than ipc={ipc}")
 
 
 def class_groups(num_classes: int, per_task: int) -> list[list[int]]:

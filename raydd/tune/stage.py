@@ -15,9 +15,10 @@ import pyarrow.fs as pafs
 import ray
 
 from raydd.config import config_dir
-from raydd.specs import ConfigError, RunSpec, tune_name
+from raydd.errors import RunError
 from raydd.experts import stage as experts_stage
 from raydd.runtime import init_ray
+from raydd.specs import ConfigError, RunSpec, tune_name
 from raydd.storage.fs import Location, check_reachable
 from raydd.storage.layout import digest, root, store_settings
 from raydd.tune.export import experiment_yaml
@@ -92,7 +93,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     rows = trial_rows(make_tuner(cfg, spec, params, sweep, restore, stores).fit(), params)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     if counts["error"] == len(rows):
-        raise RuntimeError(f"all {len(rows)} trials failed; first: {rows[0]['error']}")
+        raise RunError(f"all {len(rows)} trials failed; first: {rows[0]['error']}")
     best = best_row(rows)
     notes = sweep_notes(cfg, counts, best, params, scheduler_text(spec))
     text = markdown(rows, params, f"Tune sweep {tune_name(spec)}", notes)
