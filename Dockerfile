@@ -33,8 +33,7 @@ RUN pip install /tmp/raydd-src \
 
 RUN useradd --uid 1000 --user-group --create-home --shell /bin/bash raydd
 
-# The Hydra configs, found as ./configs from the working directory. A job submitted with
-# `ray job submit --working-dir .` runs in its own uploaded directory and uses its configs.
-COPY --chown=1000:1000 configs /opt/raydd/configs
+# The Hydra configs are package data (raydd/configs). A job submitted with `ray job submit
+# --working-dir .` runs its uploaded checkout's raydd, configs included; RAYDD_CONFIG_DIR names another copy.
 USER 1000:1000
 WORKDIR /opt/raydd

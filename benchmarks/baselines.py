@@ -35,7 +35,7 @@ def evaluate(overrides: list[str]) -> dict:
     start = time.time()
     run(cfg)
     wall = time.time() - start
-    result = json.loads(next(Path(cfg["storage"]["root"]).glob("sets/*/eval.json")).read_text())
+    result = json.loads(next(Path(cfg["storage"]["root"]).glob("evals/*/eval.json")).read_text())
     return {"overrides": overrides, "wall_s": round(wall, 1), "model": cfg["model"],
             "evaluate": {k: cfg["evaluate"][k] for k in ("epochs", "lr", "batch_size", "dsa", "num_models")},
             **result}

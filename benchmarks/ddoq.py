@@ -153,6 +153,7 @@ def accuracy(args: argparse.Namespace) -> None:
     from raydd.data.registry import load_dataset
     from raydd.evaluate.baselines import random_set
     from raydd.evaluate.run import evaluate_set, summarize
+    from raydd.specs import RunSpec
     from raydd.quantize.stage import run
     from raydd.storage.distilled import load_set
     from raydd.storage.fs import resolve
@@ -175,7 +176,7 @@ def accuracy(args: argparse.Namespace) -> None:
                                 f"evaluate.epochs={epochs}"))
         start = time.time()
         with ThreadPoolExecutor(len(sets)) as pool:  # keep both CPUs busy across sets
-            rows = dict(zip(sets, pool.map(lambda ds: evaluate_set(ds, cfg, spec, test), sets.values())))
+            rows = dict(zip(sets, pool.map(lambda ds: evaluate_set(ds, RunSpec.from_config(cfg), spec, test), sets.values())))
         eval_s = round(time.time() - start, 1)
         summary = {name: {**summarize(r)["convnet"], "epochs": epochs} for name, r in rows.items()}
         print(f"IPC {ipc}: " + ", ".join(f"{k} {v['mean']:.2f}±{v['std']:.2f}" for k, v in summary.items())

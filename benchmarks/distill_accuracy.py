@@ -68,7 +68,6 @@ def main() -> None:
     from raydd.experts import stage as experts
     from raydd.experts.convert import convert_store
     from raydd.storage.layout import experts_location
-    from raydd.storage.layout import set_location
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     out = RESULTS / "distill_accuracy.json"
@@ -79,7 +78,7 @@ def main() -> None:
     done = {(r["method"], r["ipc"], r["iterations"]) for r in rows}
     for ipc in args.ipcs:
         base = compose(overrides(args, "random", ipc))
-        random_acc = evaluate.run(base)["convnet"]
+        random_acc = evaluate.run(base)["summary"]["convnet"]
         for method in args.methods:
             if (method, ipc, args.iterations[ipc]) in done:
                 continue
@@ -89,10 +88,10 @@ def main() -> None:
             if method == "mct":  # MCT convexifies the plain experts instead of training new ones
                 plain = compose(overrides(args, "mtt", ipc))
                 convert_store(experts_location(plain), experts_location(cfg), points=cfg["experts"]["convex_points"])
-            experts.run(cfg)
+            store = experts.run(cfg)["store"]
             t_experts = time.time() - tic
-            info = distill.run(cfg)
-            acc = evaluate.run(cfg)["convnet"]
+            info = distill.run(cfg, store)
+            acc = evaluate.run(cfg, info["set"])["summary"]["convnet"]
             rows.append({"method": method, "ipc": ipc, "distilled_mean": acc["mean"], "distilled_std": acc["std"],
                          "random_mean": random_acc["mean"], "random_std": random_acc["std"],
                          "gain": acc["mean"] - random_acc["mean"], "models": acc["n"], "learned_lr": info.get("lr"),
@@ -101,7 +100,7 @@ def main() -> None:
                          "syn_steps": cfg["distill"]["syn_steps"], "batch_syn": cfg["distill"]["batch_syn"],
                          "max_start": cfg["distill"]["max_start_epoch"],
                          "experts": cfg["experts"]["num"], "overrides": args.override,
-                         "set": set_location(cfg).uri})
+                         "set": info["set"]})
             write(args, rows)
             print(rows[-1], flush=True)
 

@@ -84,8 +84,10 @@ def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     random 3×32×32 images."""
     import torch
 
-    from raydd.experts.train import ExpertSpec, train_expert
+    from raydd.config import compose
+    from raydd.experts.train import train_expert
     from raydd.models.convnet import ConvNet
+    from raydd.specs import ExpertsSpec
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
@@ -93,7 +95,8 @@ def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     y = torch.randint(10, (images,), device=device)
     net = ConvNet(3, 10, 32, width=width).to(device, memory_format=torch.channels_last)
     tic = time.perf_counter()
-    train_expert(net, x, y, x[:1000], y[:1000], ExpertSpec(epochs=1), seed=0)
+    spec = ExpertsSpec.from_config(compose(["experts.epochs=1"])["experts"])  # the default plain expert: batch 256, DSA
+    train_expert(net, x, y, x[:1000], y[:1000], spec, seed=0)
     if device == "cuda":
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -40,7 +40,7 @@ def main() -> None:
     from raydd.config import compose
     from raydd.distill import stage as distill
     from raydd.experts import stage as experts
-    from raydd.storage.layout import set_location
+    from raydd.storage.fs import resolve
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rows = []
@@ -51,8 +51,8 @@ def main() -> None:
                        "distill.max_start_epoch=4", "distill.eval_every=0", f"distill.checkpoint_every={args.iterations}",
                        "distill.cpus_per_worker=1", f"run_name=workers{workers}-ipc50"])
         experts.run(cfg)
-        distill.run(cfg)
-        curve = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)
+        out = resolve(distill.run(cfg)["set"])
+        curve = pd.read_csv(out.join("distill_metrics.csv").path)
         per_iter = statistics.fmean(curve["seconds"].tolist()[1:])
         rows.append({"workers": workers, "images": 500, "s_per_iteration": per_iter, "images_per_s": 500 / per_iter,
                      "allreduce_mb": float(curve["allreduce_mb"].mean())})

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
 from raydd.experts.train import ExpertRun
 from raydd.experts.worker import shard_rows
 from raydd.models.functional import ParamLayout, flatten_params

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
 from raydd.models.functional import ParamLayout, flatten_params
 from raydd.models.registry import build_model
 from raydd.storage.fs import Location, resolve

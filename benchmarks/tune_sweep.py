@@ -26,6 +26,7 @@ import ray
 import torch
 
 from raydd.config import compose, validate
+from raydd.runtime import init_ray
 from raydd.storage.layout import root
 from raydd.tune import stage
 
@@ -103,7 +104,7 @@ def main() -> None:
         "experts": {"store": str(store) if store else "trained by the sweep", "num": args.experts,
                     "epochs": args.expert_epochs, "model": f"ConvNet-3 width {args.width}"},
     }
-    stage.start_ray(cfg)
+    init_ray(cfg)
     report["resumed"] = stage.can_restore(root(cfg).join("tune", args.name))
     start = time.time()
     out = stage.run(cfg)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-from raydd.config import STAGES, ConfigError, check_data, check_storage, compose, describe, validate
+from raydd.config import STAGES, check_data, check_storage, compose, describe, validate
 from raydd.errors import RayddError
+from raydd.specs import ConfigError
 
 USAGE = "usage: raydd <stage> [key=value ...] [--help]\n\nstages:\n" + "\n".join(
     f"  {name:<9} {text}" for name, text in STAGES.items()) + "\n\nexample: raydd evaluate dataset=fashion_mnist method=random ipc=10"
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raydd {stage}: {STAGES[stage]}\n\n{describe(cfg)}")
             return 0
         validate(cfg, stage)
-        check_data(cfg)
+        check_data(cfg, stage)
         check_storage(cfg, stage)
         importlib.import_module(f"raydd.{stage}.stage" if stage != "pipeline" else "raydd.pipeline").run(cfg)
     except RayddError as e:  # before or inside the stage: bad config, a corrupt shard, a diverged run, ...

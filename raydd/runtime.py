@@ -1,25 +1,38 @@
-"""Connect to Ray: a running cluster (``ray job submit``, ``ray_address``) or a local one."""
+"""Connect to Ray: a running cluster (``ray job submit``, ``ray_address``) or a local one with its state API."""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 import ray
 import torch
 
-from raydd.config import ConfigError
+from raydd.specs import ConfigError
 
 
-def init_ray(cfg: dict[str, Any]) -> None:
-    """``ray.init`` once; inside a submitted job this joins the job's cluster."""
+def init_ray(cfg: dict[str, Any], num_cpus: int | None = None) -> None:
+    """``ray.init`` once; inside a submitted job (or with ``ray_address``/``RAY_ADDRESS``) this joins that cluster.
+
+    A local Ray gets a dashboard on loopback, and its workers are told its address: Ray Train's
+    placement-group cleaner asks this state API whether a run's controller is alive (without it, it
+    logs a failure every few seconds of every distillation), and frees the workers' CPUs of a run
+    Tune stopped. Ray's auth settings (``RAY_AUTH_MODE``, tokens) are left to the user.
+    """
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.get("ray_address") or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-             include_dashboard=False if address is None else None)
+    if address is not None:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             logging_level=logging.WARNING, log_to_driver=True,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
 
 
 def require_gpus(gpus: float, what: str) -> None:

@@ -12,7 +12,7 @@ import ray
 
 from raydd.cli import main
 from raydd.config import STAGES, compose
-from raydd.storage.layout import set_location
+from raydd.storage.layout import evaluation_location, set_location
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,12 @@ def test_evaluate_random_on_digits(tmp_path, ray_session, capsys):
     set_dir = Path(set_location(compose(argv[1:])).path)
     assert set_dir.parent == tmp_path / "sets" and set_dir.name.startswith("random-ipc2-digits-convnet3w")
     assert (set_dir / "set.parquet").exists() and (set_dir / "grid.png").exists()
-    result = json.loads((set_dir / "eval.json").read_text())
+    evals = Path(evaluation_location(compose(argv[1:]), set_location(compose(argv[1:]))).path)
+    assert evals.parent == tmp_path / "evals" and evals.name.startswith(set_dir.name)
+    result = json.loads((evals / "eval.json").read_text())
     assert result["meta"]["ipc"] == 2 and result["meta"]["set_size"] == 20
     assert result["summary"]["convnet"]["n"] == 3
-    rows = list(csv.DictReader((set_dir / "eval.csv").open()))
+    rows = list(csv.DictReader((evals / "eval.csv").open()))
     assert [int(r["seed"]) for r in rows] == [0, 1, 2] and all(r["epochs"] == "5" for r in rows)
 
 

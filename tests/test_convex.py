@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from raydd.core.convex import ConvexTrajectory, convexify, knot_rows
 from raydd.experts.convert import convert_store
-from raydd.experts.convex import ConvexTrajectory, convexify, knot_rows
 from raydd.experts.train import ExpertRun
 from raydd.experts.worker import shard_rows
 from raydd.storage.fs import resolve

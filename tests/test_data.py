@@ -14,10 +14,10 @@ from s3_fixtures import s3_endpoint  # noqa: F401  (moto S3 on loopback)
 
 from raydd.cli import main
 from raydd.config import compose
+from raydd.core.images import DatasetSpec, ImageData, denormalize, normalize
+from raydd.core.zca import ZCA
 from raydd.data import parquet
 from raydd.data.registry import check_available, dataset_spec, load_dataset, load_split
-from raydd.data.types import DatasetSpec, ImageData, denormalize, normalize
-from raydd.data.zca import ZCA
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import resolve
 

@@ -176,7 +176,7 @@ def test_asking_for_gpus_without_any_fails_before_work(root, capsys):
 
 def test_thousand_class_stand_in_goes_through_experts_and_distill(tmp_path, ray_session):
     from raydd.data.parquet import write_split
-    from raydd.data.types import ImageData
+    from raydd.core.images import ImageData
     from raydd.storage.fs import resolve
 
     gen = torch.Generator().manual_seed(0)

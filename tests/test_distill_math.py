@@ -13,7 +13,7 @@ from raydd.distill.state import ShardState, make_optimizers
 from raydd.distill.step import apply_step
 from raydd.distill.sharding import ShardMap, plan_steps
 from raydd.distill.unroll import Targets, UnrollSpec, unroll
-from raydd.evaluate.train import per_sample_loss
+from raydd.core.train import per_sample_loss
 from raydd.models.convnet import ConvNet
 from raydd.models.functional import FlatModel, flatten_params
 
@@ -38,7 +38,7 @@ def case(momentum: float, balanced: bool, soft: bool, n: int = 12, batch: int = 
 
 def autograd_oracle(net, images, labels, soft, lr, start, targets, spec, steps):
     """The textbook unroll: one differentiable graph through every step, then ``backward`` (the reference's way)."""
-    from raydd.data.dsa import dsa
+    from raydd.core.dsa import dsa
     from raydd.distill.matching import matching_loss
 
     fm, theta, vel, matched = FlatModel(net), start.clone().requires_grad_(True), torch.zeros_like(start), {}

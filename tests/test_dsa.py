@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from raydd.data.dsa import DEFAULT_STRATEGY, DSAParams, dsa, parse_strategy
+from raydd.core.dsa import DEFAULT_STRATEGY, DSAParams, dsa, parse_strategy
 
 GEOMETRIC = ["flip", "crop", "scale", "rotate", "cutout"]
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from raydd.config import compose
-from raydd.evaluate.baselines import random_indices
+from raydd.core.images import random_indices
+from raydd.core.train import TrainSpec, accuracy, set_loss, train_on_set
 from raydd.evaluate.run import summarize
 from raydd.evaluate.stage import run
-from raydd.evaluate.train import TrainSpec, accuracy, set_loss, train_on_set
 from raydd.models.convnet import ConvNet
 
 
@@ -93,9 +93,9 @@ def test_summarize_mean_and_population_std():
 def test_evaluate_stage_full_on_digits(tmp_path, ray_session, capsys):
     cfg = compose(["dataset=digits", "method=full", "evaluate.epochs=1", "evaluate.num_models=2",
                    f"storage.root={tmp_path}"])
-    summary = run(cfg)
+    summary = run(cfg)["summary"]
     assert summary["convnet"]["n"] == 2 and 0.0 <= summary["convnet"]["mean"] <= 100.0
     assert "full ipc=all on digits" in capsys.readouterr().out
-    result = json.loads(next(tmp_path.glob("sets/full-*/eval.json")).read_text())
+    result = json.loads(next(tmp_path.glob("evals/full-*/eval.json")).read_text())
     assert result["meta"]["set_size"] == 1437 and result["meta"]["ipc"] is None
     assert [r["epochs"] for r in result["models"]] == [1, 1]

@@ -13,15 +13,21 @@ import torch
 from s3_fixtures import BUCKET, ray_session, s3_endpoint  # noqa: F401  (fixtures)
 
 from raydd.config import compose
+from raydd.core.images import to_model_space
 from raydd.data.registry import load_dataset
 from raydd.experts.progress import PROGRESS_PREFIX
 from raydd.experts.stage import run
-from raydd.experts.train import ExpertSpec, clip_loss, gradient_penalty, objective, train_expert
-from raydd.experts.worker import expert_seed, model_inputs
+from raydd.experts.train import clip_loss, gradient_penalty, objective, train_expert
+from raydd.experts.worker import expert_seed
 from raydd.models.functional import flatten_params
 from raydd.models.registry import build_model
+from raydd.specs import ExpertsSpec
 from raydd.storage.layout import experts_location
 from raydd.storage.trajectory import StoreMismatchError, TrajectoryStore
+
+
+def experts_spec(*overrides: str) -> ExpertsSpec:
+    return ExpertsSpec.from_config(compose(list(overrides))["experts"])
 
 
 def small_cfg(tmp_path, *overrides: str) -> dict:
@@ -50,22 +56,24 @@ def test_gradient_penalty_is_the_squared_gradient_norm_and_differentiable():
 
 
 def test_smooth_objective_clips_early_epochs_and_adds_the_penalty():
-    spec = ExpertSpec(variant="smooth", clip_epochs=2, clip_value=0.5, gradient_penalty=0.1)
+    spec = experts_spec("experts.variant=smooth", "experts.clip_epochs=2", "experts.clip_value=0.5",
+                        "experts.gradient_penalty=0.1")
     w = torch.tensor([1.0, 2.0], requires_grad=True)
     loss = w.square().sum()  # 5, ∇ = 2w
     early = objective(loss, [w], spec, epoch=1)
     assert early.item() == pytest.approx(0.5 + 0.1 * (0.5 / 5) ** 2 * 4 * 5)
     late = objective(loss, [w], spec, epoch=2)
     assert late.item() == pytest.approx(5 + 0.1 * 4 * 5)
-    assert objective(loss, [w], ExpertSpec(), epoch=0) is loss
+    assert objective(loss, [w], experts_spec(), epoch=0) is loss
 
 
 @pytest.mark.parametrize("variant", ["plain", "smooth"])
 def test_train_expert_snapshots_and_is_deterministic(variant):
     cfg = compose(["dataset=digits", "model.width=8"])
     spec, train, test = load_dataset(cfg["dataset"])
-    espec = ExpertSpec(variant=variant, epochs=2, lr=0.05, batch_size=64, momentum=0.9 if variant == "smooth" else 0.0,
-                       clip_epochs=1, clip_value=1.0, gradient_penalty=0.01)
+    espec = experts_spec(f"experts.variant={variant}", "experts.epochs=2", "experts.lr=0.05", "experts.batch_size=64",
+                         f"experts.momentum={0.9 if variant == 'smooth' else 0.0}", "experts.clip_epochs=1",
+                         "experts.clip_value=1.0", "experts.gradient_penalty=0.01")
 
     train, test = train.subset(torch.arange(512)), test.subset(torch.arange(128))
 
@@ -73,7 +81,7 @@ def test_train_expert_snapshots_and_is_deterministic(variant):
         torch.manual_seed(7)
         model = build_model(cfg["model"], spec)
         init = flatten_params(model)
-        x, tx = model_inputs(train, spec, None, torch.device("cpu")), model_inputs(test, spec, None, torch.device("cpu"))
+        x, tx = to_model_space(train.images, spec), to_model_space(test.images, spec)
         return init, train_expert(model, x, train.labels, tx, test.labels, espec, seed=7)
 
     threads = torch.get_num_threads()
@@ -114,9 +122,8 @@ def test_stage_commits_resumes_and_reproduces(tmp_path, cluster):
     try:
         torch.manual_seed(expert_seed(cfg["seed"], 1))
         model = build_model(cfg["model"], spec)
-        cpu = torch.device("cpu")
-        local = train_expert(model, model_inputs(train, spec, None, cpu), train.labels, model_inputs(test, spec, None, cpu),
-                             test.labels, ExpertSpec.from_config(cfg["experts"]), expert_seed(cfg["seed"], 1))
+        local = train_expert(model, to_model_space(train.images, spec), train.labels, to_model_space(test.images, spec),
+                             test.labels, ExpertsSpec.from_config(cfg["experts"]), expert_seed(cfg["seed"], 1))
     finally:
         torch.set_num_threads(threads)
     for epoch in range(3):

@@ -3,17 +3,18 @@
 import pytest
 import torch
 
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
 from raydd.models.functional import FlatModel, ParamLayout, flatten_params, load_flat
 from raydd.models.registry import build_model
+from raydd.specs import ModelSpec
 
 CASES = {
-    "convnet": ({"name": "convnet", "depth": 3, "width": 16}, DatasetSpec("t", 10, 3, 32, (0.5,) * 3, (0.5,) * 3)),
-    "convnet_mnist_batchnorm": ({"name": "convnet", "depth": 3, "width": 8, "norm": "batch"},
+    "convnet": (ModelSpec("convnet", "instance", depth=3, width=16), DatasetSpec("t", 10, 3, 32, (0.5,) * 3, (0.5,) * 3)),
+    "convnet_mnist_batchnorm": (ModelSpec("convnet", "batch", depth=3, width=8),
                                 DatasetSpec("t", 10, 1, 28, (0.5,), (0.5,))),
-    "resnet18": ({"name": "resnet18"}, DatasetSpec("t", 5, 3, 16, (0.5,) * 3, (0.5,) * 3)),
-    "vgg11": ({"name": "vgg11"}, DatasetSpec("t", 5, 3, 16, (0.5,) * 3, (0.5,) * 3)),
-    "alexnet": ({"name": "alexnet"}, DatasetSpec("t", 5, 3, 16, (0.5,) * 3, (0.5,) * 3)),
+    "resnet18": (ModelSpec("resnet18", "instance"), DatasetSpec("t", 5, 3, 16, (0.5,) * 3, (0.5,) * 3)),
+    "vgg11": (ModelSpec("vgg11", "instance"), DatasetSpec("t", 5, 3, 16, (0.5,) * 3, (0.5,) * 3)),
+    "alexnet": (ModelSpec("alexnet", "instance"), DatasetSpec("t", 5, 3, 16, (0.5,) * 3, (0.5,) * 3)),
 }
 
 

@@ -80,10 +80,11 @@ def test_pipeline_job_submitted_to_a_local_head(head, tmp_path):
     job_list = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
                               capture_output=True, text=True, timeout=60).stdout
     assert "SUCCEEDED" in job_list
-    sets = tmp_path / "sets"
-    rows = json.loads((sets / "mtt-ipc1-digits-convnet2w8" / "pipeline.json").read_text())
+    [pipeline] = tmp_path.glob("evals/mtt-ipc1-digits-convnet2w8*/pipeline.json")
+    rows = json.loads(pipeline.read_text())
     assert rows[0]["method"] == "mtt" and rows[0]["ipc"] == 1 and 0 <= rows[0]["distilled"] <= 100
-    assert (sets / "mtt-ipc1-digits-convnet2w8" / "set.parquet").exists()
-    assert (sets / "mtt-ipc1-digits-convnet2w8" / "grid.png").exists()
-    assert (sets / "random-ipc1-digits-convnet2w8" / "eval.json").exists()
-    assert json.loads((tmp_path / "experts" / "digits-convnet2w8-plain" / "manifest.json").read_text())["shards"]
+    [distilled] = tmp_path.glob("sets/mtt-ipc1-digits-convnet2w8*")
+    assert (distilled / "set.parquet").exists() and (distilled / "grid.png").exists()
+    assert list(tmp_path.glob("evals/random-ipc1-digits-convnet2w8*/eval.json"))
+    [store] = tmp_path.glob("experts/digits-convnet2w8-plain*")
+    assert json.loads((store / "manifest.json").read_text())["shards"]

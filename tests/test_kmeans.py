@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from raydd.quantize.kmeans import (KMeansSettings, kmeans, kmeans_pp, lloyd, medoids, minibatch, nearest,
+from raydd.core.kmeans import (KMeansSettings, kmeans, kmeans_pp, lloyd, medoids, minibatch, nearest,
                                    partition_stats)
 
 

@@ -7,15 +7,16 @@ import ray
 import torch
 from torch import nn
 
-from raydd.config import ConfigError, compose
+from raydd.config import check_data, compose, validate
+from raydd.core.images import DatasetSpec, normalize
+from raydd.core.train import set_loss
 from raydd.data.registry import dataset_spec, load_split
-from raydd.data.types import DatasetSpec, normalize
 from raydd.evaluate.run import evaluate_set
-from raydd.evaluate.train import set_loss
 from raydd.quantize import stage
+from raydd.specs import ConfigError, RunSpec
 from raydd.quantize.encoders import (AutoencoderEncoder, ConvAutoencoder, PCAEncoder, PixelEncoder, VAEEncoder,
                                      check_vae, restore)
-from raydd.quantize.kmeans import KMeansSettings
+from raydd.core.kmeans import KMeansSettings
 from raydd.quantize.prototypes import quantize_class
 from raydd.storage.distilled import load_set
 from raydd.storage.fs import resolve
@@ -106,11 +107,11 @@ def test_vae_needs_a_path_and_diffusers(tmp_path):
 
 def test_bad_encoder_name_fails_before_work(tmp_path):
     with pytest.raises(ConfigError, match="'nope'"):
-        stage.run(_cfg(tmp_path, "quantize.encoder=nope"))
+        validate(_cfg(tmp_path, "quantize.encoder=nope"), "quantize")
     with pytest.raises(ConfigError, match="'mean'"):
-        stage.run(_cfg(tmp_path, "quantize.prototype=mean"))
+        validate(_cfg(tmp_path, "quantize.prototype=mean"), "quantize")
     with pytest.raises(ConfigError, match="latent_dim=100"):
-        stage.run(_cfg(tmp_path, "quantize.encoder=pca", "quantize.latent_dim=100"))
+        check_data(_cfg(tmp_path, "quantize.encoder=pca", "quantize.latent_dim=100"), "quantize")
     assert not (tmp_path / "sets").exists()
 
 
@@ -134,7 +135,7 @@ def test_ddoq_pixel_end_to_end_and_evaluates_weighted(tmp_path, ray_session):
     logits, labels = torch.randn(30, 10), ds.labels
     expected = (nn.functional.cross_entropy(logits, labels, reduction="none") * ds.weights).sum() / ds.weights.sum()
     torch.testing.assert_close(set_loss(logits, labels, None, ds.weights), expected)
-    rows = evaluate_set(ds, cfg, dataset_spec(cfg["dataset"]), load_split(cfg["dataset"], "test"))
+    rows = evaluate_set(ds, RunSpec.from_config(cfg), dataset_spec(cfg["dataset"]), load_split(cfg["dataset"], "test"))
     assert len(rows) == 1 and 0.0 <= rows[0]["accuracy"] <= 1.0
 
 

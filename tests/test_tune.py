@@ -13,15 +13,17 @@ import pandas as pd
 import pytest
 import ray
 
-from raydd.config import ConfigError, compose, config_dir
+from raydd.config import compose, config_dir, validate
 from raydd.distill import stage as distill_stage
+from raydd.runtime import init_ray
+from raydd.specs import ConfigError
 from raydd.storage.distilled import load_set
 from raydd.storage.fs import resolve
 from raydd.storage.layout import experts_location, set_location
 from raydd.tune import stage as tune_stage
 from raydd.tune.export import experiment_yaml, override_value
 from raydd.tune.space import parse_space, with_values
-from raydd.tune.stores import store_configs, trial_store
+from raydd.tune.stores import store_configs
 
 TINY = ["dataset=digits", "model.width=8", "model.depth=2", "experts.num=2", "experts.epochs=4", "experts.batch_size=64",
         "experts.lr=0.05", "distill.syn_steps=6", "distill.expert_epochs=1", "distill.max_start_epoch=2",
@@ -73,7 +75,7 @@ def test_bad_space_fails_before_any_work(tmp_path, space, message):
 ])
 def test_bad_sweep_options_fail_fast(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        tune_stage.check_options(tiny(tmp_path, "distill.iterations=20", *overrides))
+        validate(tiny(tmp_path, "distill.iterations=20", *overrides), "tune")
 
 
 def test_swept_expert_settings_get_their_own_stores(tmp_path):
@@ -82,8 +84,7 @@ def test_swept_expert_settings_get_their_own_stores(tmp_path):
     stores = [experts_location(c).uri for c in configs]
     assert len(stores) == 2 and len(set(stores)) == 2
     assert experts_location(base).uri in stores, "the base's own value reads the default store"
-    assert trial_store(base, base) is None
-    assert all(s.startswith(experts_location(base).uri) for s in stores)
+    assert all(s.rsplit("-", 1)[0] == experts_location(base).uri.rsplit("-", 1)[0] for s in stores)
     random_gp = tiny(tmp_path, "method=ast", "tune.space={experts.gradient_penalty:{uniform:[0.0,0.1]}}")
     with pytest.raises(ConfigError, match="changes the expert trajectories"):
         store_configs(parse_space(random_gp), random_gp)
@@ -158,7 +159,7 @@ FOUR = "{ipc:{grid:[10,2]},distill.lr_init:{grid:[0.05,0.0001]}}"
 @pytest.fixture(scope="module")
 def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    tune_stage.start_ray({}, num_cpus=2)
+    init_ray({}, num_cpus=2)
     yield
     ray.shutdown()
 
@@ -221,13 +222,13 @@ def test_interrupted_four_trial_sweep_resumes(tmp_path, ray_session):
     assert (first["status"] == "unfinished").any(), first
     done = first[first["status"] == "completed"]
     assert len(done) >= 1
-    kept = {t: (sweep / "sets" / t / "eval.json").stat().st_mtime for t in done["trial"]}
+    kept = {t: (sweep / "sets" / t / "set.parquet").stat().st_mtime for t in done["trial"]}
 
     out = tune_stage.run(compose(args))
     rows = pd.DataFrame(out["rows"])
     assert len(rows) == 4 and set(rows["status"]) <= {"completed", "stopped"}, rows
     assert (rows[rows["status"] == "stopped"]["iterations"] < 10).sum() >= 1, "ASHA stopped a trial early"
-    assert {t: (sweep / "sets" / t / "eval.json").stat().st_mtime for t in kept} == kept, "finished trials not re-run"
+    assert {t: (sweep / "sets" / t / "set.parquet").stat().st_mtime for t in kept} == kept, "finished trials not re-run"
     assert out["best_yaml"] and out["best"]["distill.lr_init"] == 0.05
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from raydd.data.zca import ZCA
+from raydd.core.zca import ZCA
 
 
 def _correlated(n: int = 200, seed: int = 0) -> torch.Tensor:

@@ -1,1 +1,1 @@
-"""Datasets, normalisation, ZCA whitening and differentiable siamese augmentation."""
+"""Datasets by name: sources on disk or object storage, the Parquet image format, conversion."""

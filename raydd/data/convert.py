@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
+from raydd.core.images import DatasetSpec, ImageData
 from raydd.data.parquet import write_shard, write_split
 from raydd.data.registry import DATASETS, load_split
 from raydd.data.sources import decode_images
-from raydd.data.types import DatasetSpec, ImageData
 from raydd.storage.fs import Location
 
 SPLITS = ("train", "test")

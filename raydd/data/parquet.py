@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raydd.data.types import ImageData
+from raydd.core.images import ImageData
+from raydd.errors import CorruptError, NotFoundError
 from raydd.storage.fs import Location
 
 FORMAT = "raydd.images.v1"
@@ -57,14 +58,14 @@ def read_meta(loc: Location, split: str) -> dict:
     """The format metadata of a split, read from its first shard's footer only."""
     paths = shard_paths(loc, split)
     if not paths:
-        raise FileNotFoundError(f"no Parquet shards under {loc.join(split).uri}")
+        raise NotFoundError(f"no Parquet shards under {loc.join(split).uri}")
     try:
         with loc.fs.open_input_file(paths[0]) as f:
             meta = json.loads(pq.read_schema(f).metadata[b"raydd"])
     except (pa.ArrowInvalid, OSError, KeyError, TypeError) as e:
-        raise ValueError(f"corrupt Parquet shard {paths[0]}: {e}") from e
+        raise CorruptError(f"corrupt Parquet shard {paths[0]}: {str(e).splitlines()[0]}") from e
     if meta.get("raydd.format") != FORMAT:
-        raise ValueError(f"{paths[0]}: not a {FORMAT} shard")
+        raise CorruptError(f"{paths[0]}: not a {FORMAT} shard")
     return meta
 
 
@@ -78,7 +79,7 @@ def read_split(loc: Location, split: str, classes: list[int] | None = None) -> I
             with loc.fs.open_input_file(path) as f:
                 table = pq.read_table(f, filters=[("label", "in", classes)] if classes is not None else None)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"corrupt Parquet shard {path}: {e}") from e
+            raise CorruptError(f"corrupt Parquet shard {path}: {str(e).splitlines()[0]}") from e
         buf = b"".join(table.column("image").to_pylist())
         images.append(np.frombuffer(buf, dtype=np.uint8).reshape(-1, *shape))
         labels.append(table.column("label").to_numpy())

@@ -8,8 +8,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from raydd.core.images import DatasetSpec, ImageData
 from raydd.data import parquet, sources
-from raydd.data.types import DatasetSpec, ImageData
 from raydd.storage.fs import resolve
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

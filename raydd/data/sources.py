@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raydd.data.types import ImageData
+from raydd.core.images import ImageData
 from raydd.errors import RayddError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)

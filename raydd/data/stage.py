@@ -12,10 +12,10 @@ from typing import Any
 
 import ray
 
+from raydd.core.images import DatasetSpec
 from raydd.data.convert import SPLITS, chunks, convert_in_memory, convert_shard, is_image_folder
 from raydd.data.registry import dataset_spec, source_root
 from raydd.data.sources import image_folder_samples
-from raydd.data.types import DatasetSpec
 from raydd.runtime import init_ray
 from raydd.storage.fs import resolve, s3_endpoint
 

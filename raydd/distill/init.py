@@ -7,18 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.data.zca import ZCA
-from raydd.evaluate.baselines import random_indices
+from raydd.core.images import DatasetSpec, ImageData, random_indices, to_model_space
+from raydd.core.kmeans import kmeans, medoids
+from raydd.core.zca import ZCA
 from raydd.models.functional import FlatModel
-
-
-REPRESENTATIVES = ("kmeans", "kmeans_medoid", "mean")  # AST's representative initialisations
-
-
-def to_model_space(images: Tensor, spec: DatasetSpec, zca: ZCA | None) -> Tensor:
-    x = normalize(images, spec)
-    return zca.transform(x) if zca is not None else x
 
 
 @torch.no_grad()
@@ -47,7 +39,6 @@ def correct_indices(train: ImageData, x_all: Tensor, net: FlatModel, experts: li
 def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) -> tuple[Tensor, Tensor]:
     """AST representative initialisation per class: k-means centres, the real image nearest each centre
     (``kmeans_medoid``), or averages of random groups (``mean``)."""
-    from raydd.quantize.kmeans import kmeans, medoids
 
     gen = torch.Generator().manual_seed(seed)
     images, ys = [], []
@@ -79,9 +70,7 @@ def initial_set(d: dict[str, Any], train: ImageData, spec: DatasetSpec, ipc: int
         x_all = to_model_space(train.images, spec, zca)
         idx = correct_indices(train, x_all, net, experts, ipc, seed)
         images, labels = x_all[idx], train.labels[idx]
-    elif how in REPRESENTATIVES:
+    else:  # kmeans, kmeans_medoid or mean: AST's representatives (raydd.specs checks distill.init)
         images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
-    else:
-        raise ValueError(f"unknown distill.init {how!r}; choose one of {', '.join(('real', 'correct', *REPRESENTATIVES))}")
     soft = expert_logits(net, experts, images) if d.get("soft_labels") else None
     return images.contiguous(), labels, soft

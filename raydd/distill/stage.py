@@ -15,35 +15,42 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from raydd.core.images import DatasetSpec, ImageData, to_model_space
 from raydd.data.registry import load_dataset
-from raydd.data.types import DatasetSpec, ImageData
 from raydd.distill.guards import DivergedError
-from raydd.distill.init import initial_set, to_model_space
+from raydd.distill.init import initial_set
 from raydd.distill.sampling import interior_points
 from raydd.distill.state import load_all_shards
 from raydd.distill.worker import train_fn
+from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
-from raydd.storage.distilled import DistilledSet, save_set
-from raydd.storage.fs import check_reachable
-from raydd.storage.layout import experts_location, root, run_name, set_location
+from raydd.specs import ConfigError
+from raydd.storage.distilled import DistilledSet, load_set, save_set
+from raydd.storage.fs import Location, check_reachable, resolve
+from raydd.storage.layout import experts_location, model_tag, root, run_name, set_location
 from raydd.storage.trajectory import TrajectoryStore
 
 
-def open_store(cfg: dict[str, Any]) -> TrajectoryStore:
-    """The expert store this run matches, checked against the run's dataset, model and window."""
-    loc = experts_location(cfg)
+def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryStore:
+    """The expert store at ``store_uri`` (default: the configured one), checked against the run's dataset,
+    model and start window."""
+    loc = resolve(store_uri, cfg["storage"].get("endpoint_url")) if store_uri else experts_location(cfg)
     if not loc.join("manifest.json").exists():
-        raise FileNotFoundError(f"no expert trajectories at {loc.uri}: run `raydd experts` with the same "
-                                "dataset/model/experts settings first (or set experts.store)")
+        raise NotFoundError(f"no expert trajectories at {loc.uri}: run `raydd experts` with the same "
+                            "dataset/model/experts settings first (or set experts.store)")
     store = TrajectoryStore.open(loc)
+    made_for = (store.meta["dataset"]["name"], model_tag(store.meta["model"]))
+    if made_for != (cfg["dataset"]["name"], model_tag(cfg["model"])):
+        raise ConfigError(f"the expert store {loc.uri} was made for {made_for[0]} with {made_for[1]}, not "
+                          f"{cfg['dataset']['name']} with {model_tag(cfg['model'])}: choose its dataset/model or another experts.store")
     d = cfg["distill"]
     if d["max_start_epoch"] + d["expert_epochs"] > store.epochs:
-        raise ValueError(f"distill.max_start_epoch + expert_epochs = {d['max_start_epoch'] + d['expert_epochs']} "
-                         f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
+        raise ConfigError(f"distill.max_start_epoch + expert_epochs = {d['max_start_epoch'] + d['expert_epochs']} "
+                          f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
     if d.get("continuous_start") and store.meta.get("form") != "convex":
-        raise ValueError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
+        raise ConfigError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
     if d.get("intermediate_weight") and not interior_points(d):
         print(f"note: no intermediate matching: a segment of expert_epochs={d['expert_epochs']} has no stored "
               "epoch strictly inside it")
@@ -104,10 +111,18 @@ def check_rejections(history: list[dict[str, Any]], d: dict[str, Any]) -> None:
                             "no set was written: lower distill.lr_lr or distill.lr_img, or use distill.lr_param=log")
 
 
-def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
-    """Distil; ``callbacks`` go to the trainer's RunConfig and ``train_name`` fixes its run name (``raydd tune``)."""
+def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None = None,
+        callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
+    """Distil from the expert store at ``store_uri`` (default: the configured one) into ``out`` (default: the
+    method's set location); returns the set's URI as ``set`` with its metadata. ``callbacks`` go to the
+    trainer's RunConfig and ``train_name`` fixes its run name (``raydd tune``)."""
     check_reachable(root(cfg))
-    store = open_store(cfg)
+    loc = out or set_location(cfg)
+    if loc.join("set.parquet").exists():  # the same settings made it before: never overwrite it
+        ds = load_set(loc)
+        print(f"distilled set already at {loc.uri} (same settings): kept")
+        return {"set": loc.uri, "lr": ds.lr, **ds.meta}
+    store = open_store(cfg, store_uri)
     init_ray(cfg)
     d = cfg["distill"]
     require_gpus(max(1, cfg["workers"]) * d["gpus_per_worker"], "distill.gpus_per_worker × workers")
@@ -119,7 +134,7 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
     test_ref = ray.put((to_model_space(test_small.images, spec, zca), test_small.labels)) if d["eval_every"] else None
     init_ref = ray.put({"images": images, "labels": labels, "soft": soft})
     tic = time.time()
-    result = trainer_for(cfg, store_uri=experts_location(cfg).uri, init_ref=init_ref, test_ref=test_ref,
+    result = trainer_for(cfg, store_uri=store.loc.uri, init_ref=init_ref, test_ref=test_ref,
                          callbacks=callbacks, name=train_name).fit()
     if result.error:
         raise result.error
@@ -131,11 +146,10 @@ def run(cfg: dict[str, Any], callbacks: list | None = None, train_name: str | No
     meta = {"method": cfg["method"]["name"], "ipc": cfg["ipc"], "dataset": spec.name, "model": cfg["model"],
             "workers": cfg["workers"], "iterations": d["iterations"], "syn_steps": d["syn_steps"],
             "expert_epochs": d["expert_epochs"], "intermediate_targets": len(interior_points(d)),
-            "experts": experts_location(cfg).uri,
+            "experts": store.loc.uri,
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)
-    loc = set_location(cfg)
     save_set(ds, loc, spec)
     if history:
         loc.join("distill_metrics.csv").write_bytes_atomic(pd.DataFrame(history).to_csv(index=False).encode())

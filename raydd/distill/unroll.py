@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raydd.data.dsa import dsa
+from raydd.core.dsa import dsa
+from raydd.core.train import per_sample_loss
 from raydd.distill.matching import matching_loss
 from raydd.distill.sharding import InnerStep
-from raydd.evaluate.train import per_sample_loss
 from raydd.models.functional import FlatModel
 
 Reduce = Callable[[Tensor], Tensor]

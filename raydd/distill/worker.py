@@ -16,6 +16,7 @@ import torch.distributed as dist
 from ray.experimental.tqdm_ray import tqdm
 from torch import Tensor
 
+from raydd.core.train import TrainSpec, accuracy, train_on_set
 from raydd.data.registry import dataset_spec
 from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.sampling import sample_segment
@@ -23,7 +24,6 @@ from raydd.distill.sharding import ShardMap
 from raydd.distill.state import ShardState, load_shard, make_optimizers, new_state, save_shard
 from raydd.distill.step import apply_step, compute_gradients, grads_finite, perturb, segment_targets
 from raydd.distill.unroll import UnrollSpec, local_sum
-from raydd.evaluate.train import TrainSpec, accuracy, train_on_set
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.storage.fs import resolve

@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
-from raydd.data.types import DatasetSpec, ImageData, normalize
+from raydd.core.images import DatasetSpec, ImageData, normalize, random_indices
 from raydd.storage.distilled import DistilledSet
-
-
-def random_indices(labels: torch.Tensor, ipc: int, seed: int) -> torch.Tensor:
-    """``ipc`` random indices of each class, classes in order."""
-    gen = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in labels.unique(sorted=True):
-        idx = (labels == c).nonzero().squeeze(1)
-        if idx.numel() < ipc:
-            raise ValueError(f"class {int(c)} has {idx.numel()} images, fewer than ipc={ipc}")
-        picks.append(idx[torch.randperm(idx.numel(), generator=gen)[:ipc]])
-    return torch.cat(picks)
 
 
 def random_set(train: ImageData, spec: DatasetSpec, ipc: int, seed: int) -> DistilledSet:

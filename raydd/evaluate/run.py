@@ -12,37 +12,37 @@ from typing import Any
 import ray
 import torch
 
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.evaluate.train import TrainSpec, accuracy, train_on_set
+from raydd.core.images import DatasetSpec, ImageData, to_model_space
+from raydd.core.train import TrainSpec, accuracy, train_on_set
 from raydd.models.registry import build_model
 from raydd.runtime import task_device
+from raydd.specs import EvaluateSpec, ModelSpec, RunSpec
 from raydd.storage.distilled import DistilledSet
 from raydd.storage.fs import Location
 
 
-def train_spec(cfg: dict[str, Any], ds: DistilledSet) -> TrainSpec:
-    ev = cfg["evaluate"]
-    lr = ds.lr if ds.lr is not None and ev.get("use_set_lr", True) else ev["lr"]
-    return TrainSpec(epochs=ev["epochs"], lr=float(lr), batch_size=ev["batch_size"], dsa=ev["dsa"],
-                     dsa_strategy=ev.get("dsa_strategy") or TrainSpec.dsa_strategy, amp=ev["amp"],
-                     channels_last=cfg["channels_last"])
+def train_spec(ev: EvaluateSpec, ds: DistilledSet, channels_last: bool) -> TrainSpec:
+    """The train-on-set protocol of ``evaluate``: the set's learned lr unless ``use_set_lr`` is off."""
+    lr = ds.lr if ds.lr is not None and ev.use_set_lr else ev.lr
+    return TrainSpec(epochs=ev.epochs, lr=float(lr), batch_size=ev.batch_size, dsa=ev.dsa,
+                     dsa_strategy=ev.dsa_strategy or TrainSpec.dsa_strategy, amp=ev.amp, channels_last=channels_last)
 
 
-def model_config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    """The model group's config for its own architecture; other architectures keep only its norm."""
-    return dict(cfg["model"]) if arch == cfg["model"]["name"] else {"name": arch, "norm": cfg["model"].get("norm", "instance")}
+def model_spec(model: ModelSpec, arch: str) -> ModelSpec:
+    """The model group's spec for its own architecture; other architectures keep only its norm."""
+    return model if arch == model.name else ModelSpec(name=arch, norm=model.norm)
 
 
-def train_and_test(model_cfg: dict[str, Any], spec: DatasetSpec, ds: DistilledSet, test_x: torch.Tensor,
+def train_and_test(arch: ModelSpec, spec: DatasetSpec, ds: DistilledSet, test_x: torch.Tensor,
                    test_y: torch.Tensor, tspec: TrainSpec, seed: int, progress: bool = True) -> float:
     """One evaluation model: seed, build, train on the set (on the task's GPU if it has one), return final test accuracy."""
     torch.manual_seed(seed)
-    model = build_model(model_cfg, spec).to(task_device())
+    model = build_model(arch, spec).to(task_device())
     bar = None
     if progress:
         from ray.experimental.tqdm_ray import tqdm
 
-        bar = tqdm(total=tspec.epochs, desc=f"eval {model_cfg['name']} seed {seed}")
+        bar = tqdm(total=tspec.epochs, desc=f"eval {arch.name} seed {seed}")
     train_on_set(model, ds.images, ds.labels, tspec, seed, ds.soft_labels, ds.weights,
                  on_epoch=(lambda _: bar.update(1)) if bar else None)
     if bar:
@@ -53,26 +53,21 @@ def train_and_test(model_cfg: dict[str, Any], spec: DatasetSpec, ds: DistilledSe
 _train_and_test_task = ray.remote(train_and_test)
 
 
-def test_tensors(test: ImageData, spec: DatasetSpec, ds: DistilledSet) -> tuple[torch.Tensor, torch.Tensor]:
-    x = normalize(test.images, spec)
-    return (ds.zca.transform(x) if ds.zca is not None else x), test.labels
-
-
-def evaluate_set(ds: DistilledSet, cfg: dict[str, Any], spec: DatasetSpec, test: ImageData,
+def evaluate_set(ds: DistilledSet, run: RunSpec, spec: DatasetSpec, test: ImageData,
                  archs: list[str] | None = None, num_models: int | None = None) -> list[dict[str, Any]]:
     """Train ``num_models`` networks per architecture in parallel Ray tasks; one row per model."""
-    ev = cfg["evaluate"]
-    archs = archs or list(ev["models"])
-    num_models = num_models or ev["num_models"]
-    tspec = train_spec(cfg, ds)
-    ds_ref, x_ref, y_ref = ray.put(ds), *map(ray.put, test_tensors(test, spec, ds))
-    task = _train_and_test_task.options(num_cpus=ev.get("cpus_per_model", 1), num_gpus=ev.get("gpus_per_model", 0))
-    jobs = [(arch, k, task.remote(model_config(cfg, arch), spec, ds_ref, x_ref, y_ref, tspec, cfg["seed"] + k))
+    ev = run.evaluate
+    archs = archs or list(ev.models)
+    num_models = num_models or ev.num_models
+    tspec = train_spec(ev, ds, run.channels_last)
+    ds_ref, x_ref, y_ref = ray.put(ds), ray.put(to_model_space(test.images, spec, ds.zca)), ray.put(test.labels)
+    task = _train_and_test_task.options(num_cpus=ev.resources.cpus, num_gpus=ev.resources.gpus)
+    jobs = [(arch, k, task.remote(model_spec(run.model, arch), spec, ds_ref, x_ref, y_ref, tspec, run.seed + k))
             for arch in archs for k in range(num_models)]
     start = time.time()
     accs = ray.get([j for *_, j in jobs])
     seconds = time.time() - start
-    return [{"model": arch, "seed": cfg["seed"] + k, "accuracy": acc, "epochs": tspec.epochs, "lr": tspec.lr,
+    return [{"model": arch, "seed": run.seed + k, "accuracy": acc, "epochs": tspec.epochs, "lr": tspec.lr,
              "wall_s": round(seconds, 1)} for (arch, k, _), acc in zip(jobs, accs)]
 
 

@@ -8,27 +8,38 @@ from raydd.data.registry import load_dataset
 from raydd.evaluate.baselines import full_set, random_set
 from raydd.evaluate.run import evaluate_set, format_summary, summarize, write_results
 from raydd.runtime import init_ray, require_gpus
+from raydd.specs import RunSpec
 from raydd.storage.distilled import load_set, save_set
-from raydd.storage.layout import set_location
+from raydd.storage.fs import resolve
+from raydd.storage.layout import evaluated_set, evaluation_location, set_location
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
+def run(cfg: dict[str, Any], set_uri: str | None = None) -> dict[str, Any]:
+    """Evaluate the set at ``set_uri`` (else ``evaluate.set``, else the method's set or baseline); metrics go
+    under ``<storage.root>/evals/``, never into the evaluated set. Returns the ``set`` URI, the ``metrics``
+    folder's URI (``eval.json``, ``eval.csv``) and the ``summary`` per architecture."""
     spec, train, test = load_dataset(cfg["dataset"])
-    loc = set_location(cfg)
     method = cfg["method"]["name"]
-    if method == "random":
+    if set_uri or cfg["evaluate"].get("set"):
+        loc = resolve(set_uri, cfg["storage"].get("endpoint_url")) if set_uri else evaluated_set(cfg)
+        ds = load_set(loc)
+    elif method == "random":
+        loc = set_location(cfg)
         ds = random_set(train, spec, cfg["ipc"], cfg["seed"])
-        save_set(ds, loc, spec)
+        if not loc.join("set.parquet").exists():
+            save_set(ds, loc, spec)
     elif method == "full":
-        ds = full_set(train, spec)
+        loc, ds = set_location(cfg), full_set(train, spec)
     else:
+        loc = set_location(cfg)
         ds = load_set(loc)
     init_ray(cfg)
     require_gpus(cfg["evaluate"]["gpus_per_model"], "evaluate.gpus_per_model")
-    rows = evaluate_set(ds, cfg, spec, test)
+    rows = evaluate_set(ds, RunSpec.from_config(cfg), spec, test)
     summary = summarize(rows)
-    write_results(loc, rows, summary, {"method": method, "ipc": None if method == "full" else cfg["ipc"],
+    out = evaluation_location(cfg, loc)
+    write_results(out, rows, summary, {"method": ds.meta.get("method", method), "ipc": None if method == "full" else cfg["ipc"],
                                        "dataset": spec.name, "set": loc.uri, "set_size": len(ds)})
-    print(f"{method} ipc={cfg['ipc'] if method != 'full' else 'all'} on {spec.name} → {loc.uri}")
+    print(f"{method} ipc={cfg['ipc'] if method != 'full' else 'all'} on {spec.name}: {loc.uri} → {out.uri}")
     print(format_summary(summary))
-    return summary
+    return {"set": loc.uri, "metrics": out.uri, "summary": summary}

@@ -16,53 +16,27 @@ import ray
 from safetensors.torch import load, save
 from tqdm import tqdm
 
-from raydd.config import ConfigError
+from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.zca import ZCA
 from raydd.data.registry import dataset_spec, load_dataset
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.data.zca import ZCA
+from raydd.errors import RunError
 from raydd.experts.progress import start_progress, wait_for_experts
 from raydd.experts.worker import train_and_commit
 from raydd.models.functional import ParamLayout
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
+from raydd.specs import ExpertsSpec
 from raydd.storage.fs import Location, check_reachable, s3_endpoint
-from raydd.storage.layout import experts_location
-from raydd.storage.trajectory import (DTYPES, ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
+from raydd.storage.layout import experts_location, store_settings
+from raydd.storage.trajectory import (ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
                                       open_manifest, remove_temp_files, write_manifest)
-
-# Keys that decide where and how fast experts train, not what they are: left out of the config hash.
-ORCHESTRATION_KEYS = ("num", "cpus_per_expert", "gpus_per_expert", "max_retries", "store")
-DATA_LOCATION_KEYS = ("root", "endpoint_url")
 
 _train_and_commit = ray.remote(train_and_commit)
 
 
-def check_options(cfg: dict[str, Any]) -> None:
-    """Reject expert settings that would fail inside a task, before any work."""
-    e = cfg["experts"]
-    if e["dtype"] not in DTYPES:
-        raise ConfigError(f"unknown experts.dtype {e['dtype']!r}; choose {' or '.join(DTYPES)}")
-    if e["form"] not in ("full", "convex"):
-        raise ConfigError(f"unknown experts.form {e['form']!r}; choose full or convex")
-    if e["form"] == "convex" and not 0 <= e["convex_points"] <= e["epochs"] - 1:
-        raise ConfigError(f"experts.convex_points must be in [0, {e['epochs'] - 1}] for {e['epochs']} epochs, "
-                          f"got {e['convex_points']}")
-    if e["cpus_per_expert"] <= 0 or e["gpus_per_expert"] < 0 or e["max_retries"] < 0:
-        raise ConfigError("experts.cpus_per_expert must be > 0, gpus_per_expert and max_retries >= 0")
-    if e["lr"] <= 0 or e["batch_size"] <= 0:
-        raise ConfigError("experts.lr and experts.batch_size must be positive")
-
-
-def hashed_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What determines the trajectories: expert training, dataset, model, seed and ZCA."""
-    return {"experts": {k: v for k, v in cfg["experts"].items() if k not in ORCHESTRATION_KEYS},
-            "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATA_LOCATION_KEYS},
-            "model": cfg["model"], "seed": cfg["seed"], "zca": bool(cfg["zca"])}
-
-
 def store_meta(cfg: dict[str, Any], spec: DatasetSpec, layout: ParamLayout) -> dict[str, Any]:
     """The store's metadata (manifest ``meta``; every shard's schema carries it too)."""
-    e, config = cfg["experts"], hashed_config(cfg)
+    e, config = cfg["experts"], store_settings(cfg)
     return {"form": e["form"], "dtype": e["dtype"], "variant": e["variant"], "epochs": e["epochs"],
             "convex_points": e["convex_points"] if e["form"] == "convex" else None,
             "dataset": dataclasses.asdict(spec), "model": cfg["model"], "layout": layout.to_json(),
@@ -83,12 +57,11 @@ def prepare_zca(cfg: dict[str, Any], store: Location, spec: DatasetSpec, train: 
 
 def train_missing(cfg: dict[str, Any], store: Location, manifest: dict[str, Any], todo: list[int]) -> dict[int, Any]:
     """Train the ``todo`` experts as Ray tasks; commit each to the manifest as it finishes."""
-    e = cfg["experts"]
+    e = ExpertsSpec.from_config(cfg["experts"])
     spec, train, test = load_dataset(cfg["dataset"])
     zca = prepare_zca(cfg, store, spec, train)
     progress = start_progress()
-    task = _train_and_commit.options(num_cpus=e["cpus_per_expert"], num_gpus=e["gpus_per_expert"],
-                                     max_retries=e["max_retries"])
+    task = _train_and_commit.options(num_cpus=e.resources.cpus, num_gpus=e.resources.gpus, max_retries=e.max_retries)
     train_ref, test_ref, zca_ref = ray.put(train), ray.put(test), ray.put(zca)
     endpoint = s3_endpoint(cfg["storage"].get("endpoint_url"))
     jobs = {task.remote(i, cfg, store.uri, endpoint, spec, train_ref, test_ref, zca_ref, manifest["meta"], progress): i
@@ -102,11 +75,11 @@ def train_missing(cfg: dict[str, Any], store: Location, manifest: dict[str, Any]
         tqdm.write(f"expert {expert_id}: final test accuracy {100 * result['test_acc']:.2f}%, "
                    f"{result['seconds']:.0f} s, {result['entry']['bytes'] / 1e6:.1f} MB → {result['entry']['file']}")
 
-    failures = wait_for_experts(jobs, progress, e["epochs"], commit)
+    failures = wait_for_experts(jobs, progress, e.epochs, commit)
     ray.kill(progress)
     remove_temp_files(store)
     if failures:
-        raise RuntimeError(f"{len(failures)} expert(s) failed after {e['max_retries']} retries (committed experts are "
+        raise RunError(f"{len(failures)} expert(s) failed after {e.max_retries} retries (committed experts are "
                            f"kept; re-run to resume): " + "; ".join(f"expert {i}: {m}" for i, m in sorted(failures.items())))
     return results
 
@@ -133,7 +106,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    check_options(cfg)
+    """Train the experts not yet in the store; returns its URI as ``store`` and a summary."""
     store = experts_location(cfg)
     check_reachable(store)
     spec = dataset_spec(cfg["dataset"])

@@ -7,45 +7,16 @@ record the epoch's mean cross-entropy and the test accuracy.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raydd.data.dsa import DEFAULT_STRATEGY, dsa
-from raydd.evaluate.train import accuracy
+from raydd.core.dsa import DEFAULT_STRATEGY, dsa
+from raydd.core.train import accuracy
 from raydd.models.functional import flatten_params
-
-VARIANTS = ("plain", "smooth")
-
-
-@dataclass(frozen=True)
-class ExpertSpec:
-    """Training hyper-parameters of one expert (the ``experts:`` config keys that shape training)."""
-
-    variant: str = "plain"
-    epochs: int = 30
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    dsa: bool = True
-    dsa_strategy: str = DEFAULT_STRATEGY
-    clip_epochs: int = 0
-    clip_value: float = 1.0
-    gradient_penalty: float = 0.0
-    amp: bool = False               # bfloat16 autocast for the forward pass (weights, optimiser, snapshots stay float32)
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown experts.variant {self.variant!r}; choose {' or '.join(VARIANTS)}")
-
-    @classmethod
-    def from_config(cls, experts: dict[str, Any]) -> ExpertSpec:
-        return cls(**{f.name: experts[f.name] for f in fields(cls) if f.name in experts})
-
+from raydd.specs import ExpertsSpec
 
 @dataclass
 class ExpertRun:
@@ -67,7 +38,7 @@ def gradient_penalty(loss: Tensor, params: list[Tensor]) -> Tensor:
     return sum(g.square().sum() for g in grads)
 
 
-def objective(loss: Tensor, params: list[Tensor], spec: ExpertSpec, epoch: int) -> Tensor:
+def objective(loss: Tensor, params: list[Tensor], spec: ExpertsSpec, epoch: int) -> Tensor:
     """The loss to minimise: cross-entropy (plain), clipped early plus a gradient penalty (smooth)."""
     if spec.variant == "plain":
         return loss
@@ -79,7 +50,7 @@ def objective(loss: Tensor, params: list[Tensor], spec: ExpertSpec, epoch: int) 
 
 
 def train_expert(model: nn.Module, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor,
-                 spec: ExpertSpec, seed: int,
+                 spec: ExpertsSpec, seed: int,
                  on_epoch: Callable[[int, float, float], None] | None = None) -> ExpertRun:
     """SGD for ``spec.epochs`` epochs with a seeded batch order and DSA; ``on_epoch(epoch, loss, acc)`` after each."""
     gen = torch.Generator().manual_seed(seed)
@@ -97,7 +68,7 @@ def train_expert(model: nn.Module, images: Tensor, labels: Tensor, test_images: 
             idx = order[start:start + spec.batch_size].to(images.device)
             x = images[idx]
             if spec.dsa:
-                x = dsa(x, seed=int(torch.randint(2**31, (1,), generator=gen)), strategy=spec.dsa_strategy)
+                x = dsa(x, seed=int(torch.randint(2**31, (1,), generator=gen)), strategy=DEFAULT_STRATEGY)
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=spec.amp):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[idx])

@@ -7,26 +7,20 @@ import time
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.data.zca import ZCA
-from raydd.experts.convex import convexify, knot_rows
-from raydd.experts.train import ExpertRun, ExpertSpec, train_expert
+from raydd.core.convex import convexify, knot_rows
+from raydd.core.images import DatasetSpec, ImageData, to_model_space
+from raydd.core.zca import ZCA
+from raydd.experts.train import ExpertRun, train_expert
 from raydd.models.registry import build_model
 from raydd.runtime import task_device
+from raydd.specs import ExpertsSpec
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import ShardRows, write_shard
 
 
 def expert_seed(seed: int, expert_id: int) -> int:
     return seed * 100003 + expert_id
-
-
-def model_inputs(data: ImageData, spec: DatasetSpec, zca: ZCA | None, device: torch.device) -> Tensor:
-    """uint8 images → normalised (and whitened) float32 on ``device``."""
-    x = normalize(data.images, spec)
-    return (zca.transform(x) if zca is not None else x).to(device)
 
 
 def shard_rows(expert_id: int, run: ExpertRun, form: str, points: int) -> ShardRows:
@@ -44,9 +38,9 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
                      spec: DatasetSpec, train: ImageData, test: ImageData, zca: ZCA | None,
                      meta: dict[str, Any], progress: Any = None) -> dict[str, Any]:
     """Train expert ``expert_id`` with its own seed, write its shard; returns the manifest entry and stats."""
-    e = cfg["experts"]
+    e = ExpertsSpec.from_config(cfg["experts"])
     seed = expert_seed(cfg["seed"], expert_id)
-    torch.set_num_threads(max(1, int(e["cpus_per_expert"])))
+    torch.set_num_threads(max(1, int(e.cpus_per_expert)))
     device = task_device()
     started, cpu = time.time(), time.process_time()
     torch.manual_seed(seed)
@@ -56,10 +50,10 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
     report = None if progress is None else (lambda epoch, loss, acc: progress.report.remote(expert_id, epoch, pid))
     if progress is not None:
         progress.report.remote(expert_id, 0, pid)
-    run = train_expert(model, model_inputs(train, spec, zca, device), train.labels.to(device),
-                       model_inputs(test, spec, zca, device), test.labels.to(device),
-                       ExpertSpec.from_config(e), seed, report)
-    rows = shard_rows(expert_id, run, e["form"], e["convex_points"])
-    entry = write_shard(resolve(store_uri, endpoint_url), rows, {**meta, "seed": seed}, e["dtype"])
+    run = train_expert(model, to_model_space(train.images, spec, zca).to(device), train.labels.to(device),
+                       to_model_space(test.images, spec, zca).to(device), test.labels.to(device),
+                       e, seed, report)
+    rows = shard_rows(expert_id, run, e.form, e.convex_points)
+    entry = write_shard(resolve(store_uri, endpoint_url), rows, {**meta, "seed": seed}, e.dtype)
     return {"entry": entry, "test_acc": run.test_acc[-1], "seconds": time.time() - started,
             "cpu_seconds": time.process_time() - cpu}

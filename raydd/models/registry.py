@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
 
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
+from raydd.specs import ModelSpec
 
 MODELS = ("convnet", "resnet18", "vgg11", "alexnet")
 
 
-def build_model(cfg: dict[str, Any], spec: DatasetSpec) -> nn.Module:
-    """Instantiate the configured network for the dataset's channels, classes and image size."""
-    name = cfg["name"]
-    norm = cfg.get("norm", "instance")
+def build_model(model: ModelSpec | dict[str, Any], spec: DatasetSpec) -> nn.Module:
+    """Instantiate the configured network for the dataset's channels, classes and image size
+    (``model``: a ``model`` config group as it crosses into Ray, or its spec)."""
+    m = model if isinstance(model, ModelSpec) else ModelSpec.from_config(model)
+    name, norm = m.name, m.norm
     if name == "convnet":
         from raydd.models.convnet import ConvNet
 
-        return ConvNet(spec.channels, spec.num_classes, spec.image_size, width=cfg.get("width", 128),
-                       depth=cfg.get("depth", 3), norm=norm, act=cfg.get("act", "relu"),
-                       pooling=cfg.get("pooling", "avg"))
+        shape = {k: v for k, v in dataclasses.asdict(m).items() if k in ("width", "depth", "act", "pooling") and v is not None}
+        return ConvNet(spec.channels, spec.num_classes, spec.image_size, norm=norm, **shape)  # a ConvNet-3/128 unless told
     if name == "resnet18":
         from raydd.models.resnet import ResNet18 as cls
     elif name == "vgg11":

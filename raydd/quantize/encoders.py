@@ -16,10 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from raydd.config import ConfigError
-from raydd.data.types import DatasetSpec
-
-ENCODERS = ("pixel", "pca", "autoencoder", "vae")
+from raydd.core.images import DatasetSpec
+from raydd.specs import ENCODERS, ConfigError
 
 
 @dataclass

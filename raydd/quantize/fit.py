@@ -12,18 +12,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from raydd.config import ConfigError
-from raydd.data.types import DatasetSpec
+from raydd.core.images import DatasetSpec
+from raydd.specs import ConfigError, QuantizeSpec
 from raydd.quantize.encoders import (AutoencoderEncoder, ConvAutoencoder, Encoder, PCAEncoder, PixelEncoder,
                                      VAEEncoder, load_vae)
 from raydd.storage.fs import Location
-from raydd.storage.layout import root
 
 AUTOENCODER_FORMAT = "raydd.autoencoder.v1"
 
 
-def autoencoder_location(cfg: dict[str, Any]) -> Location:
-    return root(cfg).join("encoders", f"{cfg['dataset']['name']}-autoencoder-{cfg['quantize']['latent_dim']}")
+def autoencoder_location(root: Location, dataset: str, q: QuantizeSpec) -> Location:
+    return root.join("encoders", f"{dataset}-autoencoder-{q.latent_dim}")
 
 
 def train_autoencoder(x: torch.Tensor, spec: DatasetSpec, latent_dim: int, epochs: int, seed: int,
@@ -70,26 +69,24 @@ def load_autoencoder(loc: Location, spec: DatasetSpec) -> ConvAutoencoder | None
     return model.eval()
 
 
-def needs_sample(cfg: dict[str, Any]) -> bool:
+def needs_sample(q: QuantizeSpec, autoencoder: Location) -> bool:
     """Whether building the encoder needs training images (PCA, or an autoencoder not yet stored)."""
-    kind = cfg["quantize"]["encoder"]
-    return kind == "pca" or (kind == "autoencoder" and not autoencoder_location(cfg).join("config.json").exists())
+    return q.encoder == "pca" or (q.encoder == "autoencoder" and not autoencoder.join("config.json").exists())
 
 
-def build_encoder(cfg: dict[str, Any], spec: DatasetSpec, sample: torch.Tensor | None) -> Encoder:
-    """The configured encoder; ``sample`` (model-space training images) when :func:`needs_sample`."""
-    q = cfg["quantize"]
-    kind = q["encoder"]
-    if kind == "pixel":
+def build_encoder(q: QuantizeSpec, spec: DatasetSpec, sample: torch.Tensor | None, autoencoder: Location,
+                  seed: int) -> Encoder:
+    """The configured encoder; ``sample`` (model-space training images) when :func:`needs_sample`; a
+    trained autoencoder is kept at (and reused from) ``autoencoder``."""
+    if q.encoder == "pixel":
         return PixelEncoder((spec.channels, spec.image_size, spec.image_size))
-    if kind == "pca":
-        return PCAEncoder.fit(sample, q["latent_dim"])
-    if kind == "vae":
-        return VAEEncoder(load_vae(q["vae_path"]), spec)
-    loc = autoencoder_location(cfg)
-    model = load_autoencoder(loc, spec)
+    if q.encoder == "pca":
+        return PCAEncoder.fit(sample, q.latent_dim)
+    if q.encoder == "vae":
+        return VAEEncoder(load_vae(q.vae_path), spec)
+    model = load_autoencoder(autoencoder, spec)
     if model is None:
-        model, mse = train_autoencoder(sample, spec, q["latent_dim"], q["ae_epochs"], cfg["seed"])
-        save_autoencoder(model, loc, {"dataset": spec.name, "epochs": q["ae_epochs"], "samples": sample.shape[0],
-                                      "seed": cfg["seed"], "train_mse": mse})
+        model, mse = train_autoencoder(sample, spec, q.latent_dim, q.ae_epochs, seed)
+        save_autoencoder(model, autoencoder, {"dataset": spec.name, "epochs": q.ae_epochs, "samples": sample.shape[0],
+                                              "seed": seed, "train_mse": mse})
     return AutoencoderEncoder(model)

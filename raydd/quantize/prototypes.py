@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raydd.data.types import DatasetSpec, normalize
+from raydd.core.images import DatasetSpec, normalize
+from raydd.core.kmeans import KMeansSettings, kmeans, medoids
 from raydd.quantize.encoders import Encoder
-from raydd.quantize.kmeans import KMeansSettings, kmeans, medoids
 
 ENCODE_CHUNK = 1024
-PROTOTYPES = ("centroid", "medoid")
 
 
 @dataclass

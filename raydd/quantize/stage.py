@@ -17,48 +17,23 @@ from typing import Any
 import ray
 import torch
 
-from raydd.config import QUANTIZE_METHODS, ConfigError
+from raydd.core.images import DatasetSpec, ImageData, TooFewImagesError, normalize
+from raydd.core.kmeans import KMeansSettings
 from raydd.data.registry import dataset_spec, load_split
-from raydd.data.types import DatasetSpec, ImageData, normalize
-from raydd.quantize.encoders import ENCODERS, EncoderState, check_vae, restore
-from raydd.quantize.fit import build_encoder, needs_sample
-from raydd.quantize.kmeans import KMeansSettings
-from raydd.quantize.prototypes import PROTOTYPES, Prototypes, quantize_class
+from raydd.quantize.encoders import EncoderState, restore
+from raydd.quantize.fit import autoencoder_location, build_encoder, needs_sample
+from raydd.quantize.prototypes import Prototypes, quantize_class
 from raydd.runtime import init_ray, require_gpus, task_device
-from raydd.storage.distilled import DistilledSet, save_set
+from raydd.specs import RunSpec
+from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import check_reachable
-from raydd.storage.layout import model_tag, set_location
-
-
-def check_config(cfg: dict[str, Any], spec: DatasetSpec) -> None:
-    """Everything that can be checked before reading data."""
-    q = cfg["quantize"]
-    if cfg["method"]["name"] not in QUANTIZE_METHODS:
-        raise ConfigError(f"method {cfg['method']['name']!r} does not quantize; choose one of {', '.join(QUANTIZE_METHODS)}")
-    if q["encoder"] not in ENCODERS:
-        raise ConfigError(f"unknown quantize.encoder {q['encoder']!r}; choose one of {', '.join(ENCODERS)}")
-    if q["prototype"] not in PROTOTYPES:
-        raise ConfigError(f"unknown quantize.prototype {q['prototype']!r}; choose one of {', '.join(PROTOTYPES)}")
-    for key in ("latent_dim", "max_iters", "restarts", "classes_per_task", "fit_samples", "ae_epochs"):
-        if not isinstance(q[key], int) or q[key] <= 0:
-            raise ConfigError(f"quantize.{key} must be a positive integer, got {q[key]!r}")
-    if q["batch_size"] is not None and (not isinstance(q["batch_size"], int) or q["batch_size"] <= 0):
-        raise ConfigError(f"quantize.batch_size must be null or a positive integer, got {q['batch_size']!r}")
-    if q["tol"] < 0 or q["cpus_per_task"] <= 0 or q["gpus_per_task"] < 0:
-        raise ConfigError("quantize.tol must be >= 0, quantize.cpus_per_task > 0 and quantize.gpus_per_task >= 0")
-    dim = spec.channels * spec.image_size ** 2
-    if q["encoder"] == "pca" and q["latent_dim"] > dim:
-        raise ConfigError(f"quantize.latent_dim={q['latent_dim']} exceeds the image dimension {dim} of {spec.name}")
-    if q["encoder"] == "autoencoder" and spec.image_size % 4:
-        raise ConfigError(f"quantize.encoder=autoencoder needs an image size divisible by 4, got {spec.image_size}")
-    if q["encoder"] == "vae":
-        check_vae(q["vae_path"])
+from raydd.storage.layout import root, set_location
 
 
 def check_ipc(sizes: dict[int, int], ipc: int) -> None:
     for c, n in sorted(sizes.items()):
         if n < ipc:
-            raise ValueError(f"class {c} has {n} training images, fewer than ipc={ipc}")
+            raise TooFewImagesError(f"class {c} has {n} training images, fewer than ipc={ipc}")
 
 
 def class_groups(num_classes: int, per_task: int) -> list[list[int]]:
@@ -100,37 +75,42 @@ def assemble(protos: dict[int, Prototypes], weighted: bool, meta: dict[str, Any]
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Quantize every class into the method's set location; returns its URI as ``set`` with its metadata."""
     start = time.time()
-    q, method, ipc = cfg["quantize"], cfg["method"]["name"], cfg["ipc"]
+    run_spec = RunSpec.from_config(cfg)
+    q, method, ipc, seed = run_spec.quantize, run_spec.method.name, run_spec.ipc, run_spec.seed
     spec = dataset_spec(cfg["dataset"])
-    check_config(cfg, spec)
     loc = set_location(cfg)
     check_reachable(loc)
+    if loc.join("set.parquet").exists():  # the same settings made it before: never overwrite it
+        print(f"{method} set already at {loc.uri} (same settings): kept")
+        return {"set": loc.uri, **load_set(loc).meta}
     init_ray(cfg)
-    require_gpus(q["gpus_per_task"], "quantize.gpus_per_task")
-    per_class = -(-q["fit_samples"] // spec.num_classes) if needs_sample(cfg) else 0
+    require_gpus(q.gpus_per_task, "quantize.gpus_per_task")
+    autoencoder = autoencoder_location(root(cfg), spec.name, q)
+    per_class = -(-q.fit_samples // spec.num_classes) if needs_sample(q, autoencoder) else 0
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    surveyed = ray.get([survey.remote(cfg["dataset"], g, per_class, cfg["seed"])
+    surveyed = ray.get([survey.remote(cfg["dataset"], g, per_class, seed)
                         for g in class_groups(spec.num_classes, -(-spec.num_classes // cpus))])
     sizes = {c: n for s, _ in surveyed for c, n in s.items()}
     check_ipc(sizes, ipc)
     sample = normalize(torch.cat([d.images for _, d in surveyed]), spec) if per_class else None
     t_survey = time.time()
 
-    encoder = build_encoder(cfg, spec, sample)
+    encoder = build_encoder(q, spec, sample, autoencoder, seed)
     state = ray.put(encoder.state())
     t_encoder = time.time()
 
-    settings = KMeansSettings(q["max_iters"], q["tol"], q["batch_size"], q["restarts"])
-    task = quantize_classes.options(num_cpus=q["cpus_per_task"], num_gpus=q["gpus_per_task"])
-    refs = [task.remote(cfg["dataset"], spec, g, state, settings, ipc, cfg["seed"], q["prototype"])
-            for g in class_groups(spec.num_classes, q["classes_per_task"])]
+    settings = KMeansSettings(q.max_iters, q.tol, q.batch_size, q.restarts)
+    task = quantize_classes.options(num_cpus=q.resources.cpus, num_gpus=q.resources.gpus)
+    refs = [task.remote(cfg["dataset"], spec, g, state, settings, ipc, seed, q.prototype)
+            for g in class_groups(spec.num_classes, q.classes_per_task)]
     protos = {c: p for part in ray.get(refs) for c, p in part.items()}
     t_kmeans = time.time()
 
-    meta = {"method": method, "ipc": ipc, "dataset": spec.name, "encoder": q["encoder"], "prototype": q["prototype"],
-            "latent_dim": None if q["encoder"] == "pixel" else q["latent_dim"], "model": model_tag(cfg["model"]),
-            "seed": cfg["seed"], "class_sizes": {str(c): sizes[c] for c in sorted(sizes)},
+    meta = {"method": method, "ipc": ipc, "dataset": spec.name, "encoder": q.encoder, "prototype": q.prototype,
+            "latent_dim": None if q.encoder == "pixel" else q.latent_dim, "model": run_spec.model.tag,
+            "seed": seed, "class_sizes": {str(c): sizes[c] for c in sorted(sizes)},
             "objective": {str(c): protos[c].objective for c in sorted(protos)},
             "iterations": {str(c): protos[c].iterations for c in sorted(protos)},
             "minibatch_classes": [c for c in sorted(protos) if protos[c].minibatch]}
@@ -138,6 +118,6 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     ds.meta["wall_s"] = {"survey": round(t_survey - start, 2), "encoder": round(t_encoder - t_survey, 2),
                          "kmeans": round(t_kmeans - t_encoder, 2), "total": round(time.time() - start, 2)}
     save_set(ds, loc, spec)
-    print(f"{method} ipc={ipc} encoder={q['encoder']} on {spec.name}: {len(ds)} images → {loc.uri} "
+    print(f"{method} ipc={ipc} encoder={q.encoder} on {spec.name}: {len(ds)} images → {loc.uri} "
           f"({ds.meta['wall_s']['total']:.1f} s)")
     return {"set": loc.uri, **ds.meta}

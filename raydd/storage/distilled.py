@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from raydd.data.zca import ZCA
+from raydd.core.zca import ZCA
+from raydd.errors import CorruptError, NotFoundError
 from raydd.storage.fs import Location
 
 FORMAT = "raydd.distilled.v1"
@@ -73,12 +74,13 @@ def load_set(loc: Location) -> DistilledSet:
     """Read a set written by :func:`save_set`; a missing or corrupt file is named in the error."""
     target = loc.join("set.parquet")
     if not target.exists():
-        raise FileNotFoundError(f"no distilled set at {loc.uri} (missing set.parquet)")
+        raise NotFoundError(f"no distilled set at {loc.uri} (missing set.parquet): make it first (raydd distill, "
+                            "raydd quantize) or name an existing one with evaluate.set")
     try:
         table = pq.read_table(pa.BufferReader(target.read_bytes()))
         meta = json.loads(table.schema.metadata[b"raydd"])
-    except (pa.ArrowInvalid, KeyError, OSError) as e:
-        raise ValueError(f"corrupt distilled set {target.uri}: {e}") from e
+    except (pa.ArrowInvalid, KeyError, TypeError, ValueError, OSError) as e:
+        raise CorruptError(f"corrupt distilled set {target.uri}: {str(e).splitlines()[0]}") from e
     shape = meta.pop("shape")
     images = torch.from_numpy(table.column("image").combine_chunks().flatten().to_numpy().copy()).view(-1, *shape)
     soft = None
@@ -100,7 +102,7 @@ def grid_png(ds: DistilledSet, spec) -> bytes:
     """A class-by-row grid of (at most 10 per class) images, un-whitened and de-normalised."""
     import torchvision.utils as vutils
 
-    from raydd.data.types import denormalize
+    from raydd.core.images import denormalize
 
     images = ds.images.detach().cpu()
     if ds.zca is not None:

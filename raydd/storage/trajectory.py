@@ -30,9 +30,9 @@ import pyarrow.ipc as ipc
 import torch
 from torch import Tensor
 
-from raydd.data.zca import ZCA
-from raydd.errors import RayddError
-from raydd.experts.convex import ConvexTrajectory
+from raydd.core.convex import ConvexTrajectory
+from raydd.core.zca import ZCA
+from raydd.errors import CorruptError, NotFoundError, RayddError
 from raydd.models.functional import ParamLayout
 from raydd.storage.fs import Location, resolve
 
@@ -43,7 +43,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 METRIC_COLUMNS = ("epoch", "train_loss", "test_acc")
 
 
-class CorruptShardError(RayddError, ValueError):
+class CorruptShardError(CorruptError):
     """A shard (or manifest) that cannot be trusted; the message names the file."""
 
 
@@ -277,7 +277,7 @@ class TrajectoryStore:
         loc = resolve(loc, endpoint_url) if isinstance(loc, str) else loc
         manifest = read_manifest(loc)
         if manifest is None:
-            raise FileNotFoundError(f"no trajectory store at {loc.uri} (missing {MANIFEST}): run `raydd experts` first")
+            raise NotFoundError(f"no trajectory store at {loc.uri} (missing {MANIFEST}): run `raydd experts` first")
         return cls(loc, manifest, cache_bytes)
 
     @property

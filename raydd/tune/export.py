@@ -1,4 +1,4 @@
-"""The best trial's config as a ready-to-run experiment file (configs/experiment style) and override list.
+"""The best trial's config as a ready-to-run experiment file (raydd/configs/experiment style) and override list.
 
 The file sets the config groups (``override /method: ast``) and the values that differ from
 what those groups compose to; the same difference as ``key=value`` overrides is checked to

@@ -12,8 +12,7 @@ from typing import Any
 import ray
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from raydd.config import ConfigError
-from raydd.tune.space import get
+from raydd.specs import RunSpec, tune_grace_period
 
 TRIAL_CPU = 0.01  # a trial only drives its Train run and evaluation; their workers and tasks take the CPUs
 
@@ -51,68 +50,36 @@ class GroupedASHA(FIFOScheduler):
         return "\n".join(f"ASHA for {dict(zip(self._keys, g))}: {s.debug_string()}" for g, s in self._groups.items())
 
 
-def report_period(cfg: dict[str, Any]) -> int:
-    """How often the ASHA metric is reported: the fast evaluation's period, or the logged metrics'."""
-    d = cfg["distill"]
-    return d["eval_every"] if cfg["tune"]["metric"] == "eval_acc" else d["log_every"]
-
-
-def grace_period(cfg: dict[str, Any]) -> int:
-    return cfg["tune"]["grace_period"] or report_period(cfg)
-
-
-def check_scheduler(cfg: dict[str, Any]) -> None:
-    """ASHA's settings must put every rung on a report before a trial's last one."""
-    t = cfg["tune"]
-    if t["scheduler"] not in ("asha", "fifo"):
-        raise ConfigError(f"unknown tune.scheduler {t['scheduler']!r}; choose asha or fifo")
-    if t["scheduler"] != "asha":
-        return
-    for key in t["compare_within"]:
-        try:
-            get(cfg, key)
-        except KeyError:
-            raise ConfigError(f"tune.compare_within: {key!r} is not a config key") from None
-    period, grace, iterations = report_period(cfg), grace_period(cfg), cfg["distill"]["iterations"]
-    if period <= 0:
-        raise ConfigError("ASHA ranks trials by the periodic fast evaluation: set distill.eval_every > 0")
-    if not isinstance(t["reduction_factor"], int) or t["reduction_factor"] < 2:
-        raise ConfigError(f"tune.reduction_factor must be an integer >= 2, got {t['reduction_factor']!r}")
-    if grace % period or not 0 < grace < iterations:
-        raise ConfigError(f"tune.grace_period={grace} must be a multiple of the {t['metric']} period ({period}) "
-                          f"and below distill.iterations={iterations}")
-
-
-def scheduler(cfg: dict[str, Any]) -> FIFOScheduler:
+def scheduler(spec: RunSpec) -> FIFOScheduler:
     """ASHA on the periodic metric per ``tune.compare_within`` group; FIFO runs every trial to the end.
 
     The rungs (grace·rf^k) are multiples of the metric's period below ``max_t``, one iteration short
     of the run, and ``stop_last_trials`` is off: a decision always falls on a report before the last,
     so a trial that reaches the end is never stopped while it writes and evaluates its set.
     """
-    t = cfg["tune"]
-    if t["scheduler"] == "fifo":
+    t = spec.tune
+    if t.scheduler == "fifo":
         return FIFOScheduler()
-    return GroupedASHA(t["compare_within"], time_attr="iteration", metric=t["metric"], mode=t["mode"],
-                       max_t=cfg["distill"]["iterations"] - 1, grace_period=grace_period(cfg),
-                       reduction_factor=t["reduction_factor"], stop_last_trials=False)
+    return GroupedASHA(list(t.compare_within), time_attr="iteration", metric=t.metric, mode=t.mode,
+                       max_t=spec.distill.iterations - 1, grace_period=tune_grace_period(t, spec.distill),
+                       reduction_factor=t.reduction_factor, stop_last_trials=False)
 
 
-def scheduler_text(cfg: dict[str, Any]) -> str:
-    t = cfg["tune"]
-    if t["scheduler"] != "asha":
-        return t["scheduler"]
-    within = f", within equal {', '.join(t['compare_within'])}" if t["compare_within"] else ""
-    return (f"ASHA on {t['metric']} ({t['mode']}{within}; grace {grace_period(cfg)}, "
-            f"reduction factor {t['reduction_factor']})")
+def scheduler_text(spec: RunSpec) -> str:
+    t = spec.tune
+    if t.scheduler != "asha":
+        return t.scheduler
+    within = f", within equal {', '.join(t.compare_within)}" if t.compare_within else ""
+    return (f"ASHA on {t.metric} ({t.mode}{within}; grace {tune_grace_period(t, spec.distill)}, "
+            f"reduction factor {t.reduction_factor})")
 
 
-def max_concurrent(cfg: dict[str, Any]) -> int:
+def max_concurrent(spec: RunSpec) -> int:
     """``tune.max_concurrent``, else as many trials as the cluster's CPUs (and GPUs) hold, Train workers included."""
-    if cfg["tune"]["max_concurrent"]:
-        return cfg["tune"]["max_concurrent"]
-    d, workers, resources = cfg["distill"], cfg["workers"], ray.cluster_resources()
-    n = resources.get("CPU", 0) // (TRIAL_CPU + workers * d["cpus_per_worker"])
-    if d["gpus_per_worker"] > 0:
-        n = min(n, resources.get("GPU", 0) // (workers * d["gpus_per_worker"]))
+    if spec.tune.max_concurrent:
+        return spec.tune.max_concurrent
+    worker, resources = spec.distill.resources, ray.cluster_resources()
+    n = resources.get("CPU", 0) // (TRIAL_CPU + spec.workers * worker.cpus)
+    if worker.gpus > 0:
+        n = min(n, resources.get("GPU", 0) // (spec.workers * worker.gpus))
     return max(1, int(n))

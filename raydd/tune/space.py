@@ -12,7 +12,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from raydd.config import ConfigError, validate
+from raydd.config import validate
+from raydd.specs import ConfigError
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -25,7 +26,7 @@ FIXED = {
     "distill.cpus_per_worker": "it decides how many trials run at once",
     "distill.gpus_per_worker": "it decides how many trials run at once",
     "run_name": "each trial names its own run",
-    "evaluate.set": "each trial writes its own set",
+    "evaluate.set": "each trial evaluates the set it distils",
     "experts.store": "swept expert settings get their own stores",
 }
 FIXED_PREFIXES = {

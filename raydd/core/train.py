@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raydd.data.dsa import DEFAULT_STRATEGY, dsa
+from raydd.core.dsa import DEFAULT_STRATEGY, dsa
 
 
 @dataclass(frozen=True)

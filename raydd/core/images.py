@@ -1,4 +1,4 @@
-"""In-memory image dataset types shared by every stage."""
+"""In-memory image datasets and the way into model space (normalise, then ZCA), shared by every stage."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from raydd.core.zca import ZCA
+from raydd.errors import RayddError
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,25 @@ def denormalize(x: Tensor, spec: DatasetSpec) -> Tensor:
     mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x * std + mean).clamp(0, 1)
+
+
+def to_model_space(images: Tensor, spec: DatasetSpec, zca: ZCA | None = None) -> Tensor:
+    """uint8 images → what the networks see: normalised, then ZCA-whitened when the run uses ZCA."""
+    x = normalize(images, spec)
+    return zca.transform(x) if zca is not None else x
+
+
+class TooFewImagesError(RayddError, ValueError):
+    """A class has fewer training images than the set needs."""
+
+
+def random_indices(labels: Tensor, ipc: int, seed: int) -> Tensor:
+    """``ipc`` random indices of each class, classes in order."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique(sorted=True):
+        idx = (labels == c).nonzero().squeeze(1)
+        if idx.numel() < ipc:
+            raise TooFewImagesError(f"class {int(c)} has {idx.numel()} images, fewer than ipc={ipc}")
+        picks.append(idx[torch.randperm(idx.numel(), generator=gen)[:ipc]])
+    return torch.cat(picks)

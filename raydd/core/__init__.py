@@ -1,0 +1,1 @@
+"""Primitives several stages share: image types and model space, ZCA, DSA, training on a set, k-means, convex trajectories."""

@@ -1,0 +1,55 @@
+"""Stores and sets are named by their settings: a changed setting never reaches an existing folder."""
+
+import pytest
+
+from raydd.config import compose
+from raydd.storage.layout import evaluation_location, experts_location, set_location
+
+BASE = ["dataset=digits", "storage.root=/tmp/raydd-layout"]
+
+
+def where(*overrides: str) -> tuple[str, str]:
+    cfg = compose([*BASE, *overrides])
+    return experts_location(cfg).uri, set_location(cfg).uri
+
+
+@pytest.mark.parametrize("override", ["experts.epochs=8", "experts.lr=0.02", "model.width=32", "seed=1", "zca=true"])
+def test_expert_settings_name_a_new_store_and_set(override):
+    (store, set_), (store2, set2) = where(), where(override)
+    assert store2 != store and set2 != set_
+
+
+@pytest.mark.parametrize("override", ["distill.iterations=5", "distill.syn_steps=3", "ipc=2", "distill.lr_img=10"])
+def test_distill_settings_name_a_new_set_from_the_same_store(override):
+    (store, set_), (store2, set2) = where(), where(override)
+    assert store2 == store and set2 != set_
+
+
+@pytest.mark.parametrize("override", ["quantize.encoder=pca", "quantize.latent_dim=8", "quantize.max_iters=5",
+                                      "quantize.prototype=medoid", "ipc=3"])
+def test_quantize_settings_name_a_new_set(override):
+    assert where("method=ddoq")[1] != where("method=ddoq", override)[1]
+
+
+@pytest.mark.parametrize("override", ["experts.num=9", "experts.cpus_per_expert=2", "workers=3",
+                                      "distill.cpus_per_worker=2", "distill.checkpoint_every=7", "quantize.cpus_per_task=2",
+                                      "dataset.root=/elsewhere"])
+def test_orchestration_keeps_the_same_store_and_set(override):
+    assert where(override) == where()
+    assert where("method=ddoq", override)[1] == where("method=ddoq")[1]
+
+
+def test_names_are_readable_and_stable():
+    store, set_ = where()
+    assert store.startswith("/tmp/raydd-layout/experts/digits-convnet3w16-plain-") and len(store.rsplit("-", 1)[1]) == 8
+    assert set_.startswith("/tmp/raydd-layout/sets/mtt-ipc10-digits-convnet3w16-")
+    assert where("run_name=mine")[1].startswith("/tmp/raydd-layout/sets/mine-")
+
+
+def test_evaluations_are_named_by_set_and_settings():
+    cfg = compose(BASE)
+    loc = set_location(cfg)
+    first = evaluation_location(cfg, loc).uri
+    assert first.startswith(f"/tmp/raydd-layout/evals/{loc.uri.rsplit('/', 1)[1]}-")
+    assert evaluation_location(compose([*BASE, "evaluate.epochs=7"]), loc).uri != first
+    assert evaluation_location(compose([*BASE, "evaluate.cpus_per_model=2"]), loc).uri == first

@@ -1,0 +1,31 @@
+"""``raydd pipeline``: a named set is only ever read, never written."""
+
+import hashlib
+from pathlib import Path
+
+from raydd.cli import main
+from raydd.data.registry import load_dataset
+from raydd.evaluate.baselines import random_set
+from raydd.storage.distilled import save_set
+from raydd.storage.fs import resolve
+
+from s3_fixtures import ray_session  # noqa: F401
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pipeline_with_evaluate_set_leaves_that_set_alone(tmp_path, ray_session, capsys):  # noqa: F811
+    """``evaluate.set`` names a set to evaluate: the pipeline's own set and its random-real baseline go elsewhere."""
+    spec, train, _ = load_dataset({"name": "digits"})
+    mine = tmp_path / "mine"
+    save_set(random_set(train, spec, ipc=3, seed=7), resolve(str(mine)), spec)
+    (mine / "eval.json").write_text('{"mine": true}')
+    before = checksums(mine)
+    argv = ["pipeline", "dataset=digits", "method=ddoq", "quantize.encoder=pixel", "ipc=2", "evaluate.epochs=2",
+            "evaluate.num_models=1", f"evaluate.set={mine}", f"storage.root={tmp_path / 'runs'}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert checksums(mine) == before
+    assert "| ddoq | 2 | convnet |" in capsys.readouterr().out

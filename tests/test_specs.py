@@ -1,0 +1,47 @@
+"""The composed config as typed, frozen specs: one field per key, checks in one place."""
+
+import dataclasses
+
+import pytest
+
+from raydd.config import compose
+from raydd.specs import ConfigError, DistillSpec, ModelSpec, RunSpec
+
+GROUPS = ("dataset", "model", "experts", "distill", "quantize", "evaluate", "data", "tune", "storage", "method")
+
+
+@pytest.mark.parametrize("method", ["mtt", "datm", "ast", "mct", "ddoq", "d4m", "random", "full"])
+def test_every_group_becomes_its_spec_with_the_same_keys(method):
+    cfg = compose([f"method={method}"])
+    spec = RunSpec.from_config(cfg)
+    for group in GROUPS:
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(spec, group)).items()}
+        assert {k: values[k] for k in cfg[group]} == cfg[group], group
+        assert all(values[k] is None for k in set(values) - set(cfg[group])), group  # optional keys the group leaves out
+    assert (spec.ipc, spec.seed, spec.method.name) == (cfg["ipc"], cfg["seed"], method)
+
+
+def test_distill_spec_has_one_field_per_distill_key():
+    cfg = compose(["method=datm", "distill.syn_steps=7"])
+    d = DistillSpec.from_config(cfg["distill"])
+    assert [f.name for f in dataclasses.fields(DistillSpec)] == list(cfg["distill"])
+    assert dataclasses.asdict(d) == cfg["distill"]
+    assert (d.syn_steps, d.init, d.soft_labels, d.resources.cpus) == (7, "correct", True, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.syn_steps = 3
+
+
+def test_a_missing_or_unknown_key_is_a_config_error():
+    d = dict(compose([])["distill"])
+    del d["syn_steps"]
+    with pytest.raises(ConfigError, match="distill: missing syn_steps"):
+        DistillSpec.from_config(d)
+    with pytest.raises(ConfigError, match="unknown typo"):
+        DistillSpec.from_config({**compose([])["distill"], "typo": 1})
+
+
+def test_model_defaults_come_from_the_config():
+    cfg = compose([])
+    assert ModelSpec.from_config(cfg["model"]).tag == "convnet3w16"  # config.yaml's width, not a code default
+    assert ModelSpec.from_config(compose(["model=resnet18"])["model"]).tag == "resnet18"
+    assert ModelSpec.from_config({**cfg["model"], "norm": "batch"}).tag == "convnet3w16batch"
