@@ -33,12 +33,14 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     """Time ``iters`` outer iterations (after one warm-up) of the worker's gradient computation."""
     import torch
 
+    from raydd.config import compose
     from raydd.distill.sharding import ShardMap
     from raydd.distill.state import new_state
     from raydd.distill.step import compute_gradients
     from raydd.distill.unroll import Targets, UnrollSpec
     from raydd.models.convnet import ConvNet
     from raydd.models.functional import FlatModel, flatten_params
+    from raydd.specs import DistillSpec
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
@@ -46,7 +48,7 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     fm, start = FlatModel(net, channels_last), flatten_params(net).to(device)
     target = start + 0.01 * torch.randn_like(start)
     labels = torch.arange(10).repeat_interleave(10)
-    d = {"syn_steps": steps, "batch_syn": None, "balanced_inner_loss": False, "lr_param": "plain", "lr_init": 0.01}
+    d = DistillSpec.from_config(compose([f"distill.syn_steps={steps}", "distill.lr_param=plain"])["distill"])
     state = new_state(torch.arange(100), torch.randn(100, 3, 32, 32), labels, None, d, torch.device(device))
     spec = UnrollSpec(keep_graph=unroll == "plain")
     gen, shards = torch.Generator().manual_seed(0), ShardMap.of(labels, 1)

@@ -1,26 +1,28 @@
 """Pure distillation math: unroll gradients, sampling windows, sharding, guards."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from raydd.config import compose
+from raydd.core.train import per_sample_loss
 from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.matching import matching_loss
 from raydd.distill.sampling import interior_points, sample_segment, start_window
-from raydd.distill.sharding import shard_indices
+from raydd.distill.sharding import ShardMap, plan_steps, shard_indices
 from raydd.distill.state import ShardState, make_optimizers
 from raydd.distill.step import apply_step
-from raydd.distill.sharding import ShardMap, plan_steps
 from raydd.distill.unroll import Targets, UnrollSpec, unroll
-from raydd.core.train import per_sample_loss
 from raydd.models.convnet import ConvNet
 from raydd.models.functional import FlatModel, flatten_params
+from raydd.specs import DistillSpec
 
-D = {"min_start_epoch": 0, "max_start_epoch": 10, "max_start_epoch_init": 2, "window_grow_iters": 100,
-     "syn_steps": 12, "expert_epochs": 2, "intermediate_points": 1, "intermediate_weight": 0.5,
-     "continuous_start": False, "lr_img": 100.0, "momentum_img": 0.5, "lr_lr": 1e-5, "lr_label": 5.0, "ema": 0.0,
-     "loss_threshold": None, "lr_param": "plain", "lr_init": 0.01, "lr_backoff": 0.5}
+D = replace(DistillSpec.from_config(compose([])["distill"]), min_start_epoch=0, max_start_epoch=10,
+            max_start_epoch_init=2, window_grow_iters=100, syn_steps=12, expert_epochs=2, intermediate_points=1,
+            intermediate_weight=0.5, continuous_start=False, lr_img=100.0, momentum_img=0.5, lr_lr=1e-5, lr_label=5.0,
+            ema=0.0, loss_threshold=None, lr_param="plain", lr_init=0.01, lr_backoff=0.5)
 
 
 def case(momentum: float, balanced: bool, soft: bool, n: int = 12, batch: int = 6, steps: int = 5):
@@ -167,7 +169,7 @@ def test_datm_window_grows_then_stays():
     assert start_window(0, D) == (0.0, 2.0)
     assert start_window(50, D) == (0.0, 6.0)
     assert start_window(500, D) == (0.0, 10.0)
-    assert start_window(0, {**D, "window_grow_iters": 0}) == (0.0, 10.0)
+    assert start_window(0, replace(D, window_grow_iters=0)) == (0.0, 10.0)
 
 
 def test_segments_respect_window_and_intermediate_points():
@@ -179,13 +181,13 @@ def test_segments_respect_window_and_intermediate_points():
         assert seg.expert in (3, 4)
         assert seg.target_epochs == [seg.start + 1, seg.start + 2] and seg.target_steps == [6, 12]
         assert seg.weights == [0.5, 1.0]
-    seg = sample_segment(0, [0], {**D, "expert_epochs": 1}, gen)  # no integer epoch strictly inside: final target only
+    seg = sample_segment(0, [0], replace(D, expert_epochs=1), gen)  # no integer epoch strictly inside: final target only
     assert seg.target_epochs == [seg.start + 1] and seg.target_steps == [12]
-    seg = sample_segment(0, [0], {**D, "continuous_start": True, "window_grow_iters": 0}, gen)
+    seg = sample_segment(0, [0], replace(D, continuous_start=True, window_grow_iters=0), gen)
     assert seg.start != int(seg.start) and seg.target_epochs[-1] == pytest.approx(seg.start + 2)
-    assert interior_points(D) == [(1.0, 6)] and interior_points({**D, "expert_epochs": 1}) == []
-    assert interior_points({**D, "expert_epochs": 1, "continuous_start": True}) == [(0.5, 6)]
-    assert interior_points({**D, "intermediate_weight": 0.0}) == []
+    assert interior_points(D) == [(1.0, 6)] and interior_points(replace(D, expert_epochs=1)) == []
+    assert interior_points(replace(D, expert_epochs=1, continuous_start=True)) == [(0.5, 6)]
+    assert interior_points(replace(D, intermediate_weight=0.0)) == []
 
 
 @pytest.mark.parametrize("ipc,world", [(1, 2), (10, 2), (7, 3), (50, 4)])
@@ -214,7 +216,7 @@ def test_bad_lr_step_is_rolled_back_and_repeated_failures_stop():
     res = apply_step(state, opts, 0.5, True, guard, D, 0)
     assert not res.applied and "lr" in res.reason
     assert torch.equal(state.images.detach(), torch.zeros(4, 1, 2, 2)) and float(state.lr) == pytest.approx(0.01)
-    assert opts["lr"].param_groups[0]["lr"] == pytest.approx(0.5 * D["lr_lr"]), "the lr's own step backs off"
+    assert opts["lr"].param_groups[0]["lr"] == pytest.approx(0.5 * D.lr_lr), "the lr's own step backs off"
     state.lr_param.grad = torch.tensor(-1e-3)
     assert apply_step(state, opts, 0.5, True, guard, D, 1).applied
     assert not torch.equal(state.images.detach(), torch.zeros(4, 1, 2, 2))
@@ -228,7 +230,7 @@ def test_log_lr_stays_positive_and_first_step_matches_plain():
 
     grads = {}
     for param in ("plain", "log"):
-        d = {**D, "lr_param": param}
+        d = replace(D, lr_param=param)
         state = new_state(torch.arange(4), torch.zeros(4, 1, 2, 2), torch.arange(4), None, d, torch.device("cpu"))
         opts = make_optimizers(state, d)
         state.images.grad = torch.zeros_like(state.images)
@@ -247,7 +249,7 @@ def test_loss_threshold_skips_without_counting_as_failure():
     state, opts = _state()
     guard = Guard(max_lr=1.0, patience=1)
     state.images.grad, state.lr_param.grad = torch.ones_like(state.images), torch.tensor(0.0)
-    res = apply_step(state, opts, 5.0, True, guard, {**D, "loss_threshold": 1.0}, 0)
+    res = apply_step(state, opts, 5.0, True, guard, replace(D, loss_threshold=1.0), 0)
     assert not res.applied and "threshold" in res.reason and guard.total == 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,6 +10,7 @@ from raydd.core.images import DatasetSpec, ImageData, random_indices, to_model_s
 from raydd.core.kmeans import kmeans, medoids
 from raydd.core.zca import ZCA
 from raydd.models.functional import FlatModel
+from raydd.specs import DistillSpec
 
 
 @torch.no_grad()
@@ -59,10 +59,10 @@ def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) ->
     return torch.cat(images), torch.cat(ys)
 
 
-def initial_set(d: dict[str, Any], train: ImageData, spec: DatasetSpec, ipc: int, seed: int, zca: ZCA | None,
+def initial_set(d: DistillSpec, train: ImageData, spec: DatasetSpec, ipc: int, seed: int, zca: ZCA | None,
                 net: FlatModel, experts: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """Images, labels and (DATM) soft-label logits of the synthetic set before distillation."""
-    how = d["init"]
+    how = d.init
     if how == "real":
         idx = random_indices(train.labels, ipc, seed)
         images, labels = to_model_space(train.images[idx], spec, zca), train.labels[idx]
@@ -72,5 +72,5 @@ def initial_set(d: dict[str, Any], train: ImageData, spec: DatasetSpec, ipc: int
         images, labels = x_all[idx], train.labels[idx]
     else:  # kmeans, kmeans_medoid or mean: AST's representatives (raydd.specs checks distill.init)
         images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
-    soft = expert_logits(net, experts, images) if d.get("soft_labels") else None
+    soft = expert_logits(net, experts, images) if d.soft_labels else None
     return images.contiguous(), labels, soft

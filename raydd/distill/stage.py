@@ -26,7 +26,7 @@ from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
-from raydd.specs import ConfigError
+from raydd.specs import ConfigError, DistillSpec
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable, resolve
 from raydd.storage.layout import experts_location, model_tag, root, run_name, set_location
@@ -45,14 +45,14 @@ def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryS
     if made_for != (cfg["dataset"]["name"], model_tag(cfg["model"])):
         raise ConfigError(f"the expert store {loc.uri} was made for {made_for[0]} with {made_for[1]}, not "
                           f"{cfg['dataset']['name']} with {model_tag(cfg['model'])}: choose its dataset/model or another experts.store")
-    d = cfg["distill"]
-    if d["max_start_epoch"] + d["expert_epochs"] > store.epochs:
-        raise ConfigError(f"distill.max_start_epoch + expert_epochs = {d['max_start_epoch'] + d['expert_epochs']} "
+    d = DistillSpec.from_config(cfg["distill"])
+    if d.max_start_epoch + d.expert_epochs > store.epochs:
+        raise ConfigError(f"distill.max_start_epoch + expert_epochs = {d.max_start_epoch + d.expert_epochs} "
                           f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
-    if d.get("continuous_start") and store.meta.get("form") != "convex":
+    if d.continuous_start and store.meta.get("form") != "convex":
         raise ConfigError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
-    if d.get("intermediate_weight") and not interior_points(d):
-        print(f"note: no intermediate matching: a segment of expert_epochs={d['expert_epochs']} has no stored "
+    if d.intermediate_weight and not interior_points(d):
+        print(f"note: no intermediate matching: a segment of expert_epochs={d.expert_epochs} has no stored "
               "epoch strictly inside it")
     return store
 
@@ -62,31 +62,31 @@ def initial_set_for(cfg: dict[str, Any], store: TrajectoryStore, spec: DatasetSp
     """The synthetic set before distillation (deterministic in ``cfg.seed``); soft labels from up to 5 experts."""
     if spec is None or train is None:
         spec, train, _ = load_dataset(cfg["dataset"])
-    d = cfg["distill"]
+    d = DistillSpec.from_config(cfg["distill"])
     net = FlatModel(build_model(cfg["model"], spec))
-    experts = [store.params(e, float(d["max_start_epoch"])) for e in store.experts[:5]]
+    experts = [store.params(e, float(d.max_start_epoch)) for e in store.experts[:5]]
     return initial_set(d, train, spec, cfg["ipc"], cfg["seed"], store.zca(), net, experts)
 
 
 def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbacks: list | None = None,
                 name: str | None = None) -> TorchTrainer:
     """The run's trainer; a fixed ``name`` resumes that run's checkpoints (Tune trials), else a unique one."""
-    d, workers = cfg["distill"], cfg["workers"]
+    d, workers = DistillSpec.from_config(cfg["distill"]), cfg["workers"]
     storage = root(cfg).join("train")
-    use_gpu = d["gpus_per_worker"] > 0
+    use_gpu = d.gpus_per_worker > 0
     return TorchTrainer(
         train_fn,
         train_loop_config={"cfg": cfg, "store": store_uri, "init": init_ref, "test": test_ref,
-                           "threads": max(1, int(d["cpus_per_worker"])), "local": workers == 0,
+                           "threads": max(1, int(d.cpus_per_worker)), "local": workers == 0,
                            "progress": callbacks is None},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": d["cpus_per_worker"],
-                                                           **({"GPU": d["gpus_per_worker"]} if use_gpu else {})}),
+                                     resources_per_worker={"CPU": d.cpus_per_worker,
+                                                           **({"GPU": d.gpus_per_worker} if use_gpu else {})}),
         run_config=RunConfig(name=name or f"{run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
                              storage_path=storage.path,
                              storage_filesystem=None if isinstance(storage.fs, pafs.LocalFileSystem) else storage.fs,
-                             failure_config=FailureConfig(max_failures=d["max_failures"]),
+                             failure_config=FailureConfig(max_failures=d.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
 
@@ -102,10 +102,10 @@ def assemble(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     return images, labels, soft, float(shards[0]["lr"][0]), history
 
 
-def check_rejections(history: list[dict[str, Any]], d: dict[str, Any]) -> None:
+def check_rejections(history: list[dict[str, Any]], d: DistillSpec) -> None:
     """A run whose steps were mostly rolled back has not distilled anything: say so instead of writing a set."""
     rejected = int(history[-1]["rejected"]) if history else 0
-    if history and rejected > d["max_rejected_fraction"] * len(history):
+    if history and rejected > d.max_rejected_fraction * len(history):
         reasons = {h["skip_reason"].split(":")[0] for h in history if h.get("skip_reason") and not h["applied"]}
         raise DivergedError(f"{rejected} of {len(history)} distillation steps were rejected ({'; '.join(sorted(reasons))}); "
                             "no set was written: lower distill.lr_lr or distill.lr_img, or use distill.lr_param=log")
@@ -124,14 +124,14 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
         return {"set": loc.uri, "lr": ds.lr, **ds.meta}
     store = open_store(cfg, store_uri)
     init_ray(cfg)
-    d = cfg["distill"]
-    require_gpus(max(1, cfg["workers"]) * d["gpus_per_worker"], "distill.gpus_per_worker × workers")
+    d = DistillSpec.from_config(cfg["distill"])
+    require_gpus(max(1, cfg["workers"]) * d.gpus_per_worker, "distill.gpus_per_worker × workers")
     spec, train, test = load_dataset(cfg["dataset"])
     zca = store.zca()
     images, labels, soft = initial_set_for(cfg, store, spec, train)
-    sub = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:d["eval_test_size"]]
+    sub = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:d.eval_test_size]
     test_small = ImageData(test.images[sub], test.labels[sub])
-    test_ref = ray.put((to_model_space(test_small.images, spec, zca), test_small.labels)) if d["eval_every"] else None
+    test_ref = ray.put((to_model_space(test_small.images, spec, zca), test_small.labels)) if d.eval_every else None
     init_ref = ray.put({"images": images, "labels": labels, "soft": soft})
     tic = time.time()
     result = trainer_for(cfg, store_uri=store.loc.uri, init_ref=init_ref, test_ref=test_ref,
@@ -144,8 +144,8 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
         images, labels, soft, lr, history = assemble(Path(path))
     check_rejections(history, d)
     meta = {"method": cfg["method"]["name"], "ipc": cfg["ipc"], "dataset": spec.name, "model": cfg["model"],
-            "workers": cfg["workers"], "iterations": d["iterations"], "syn_steps": d["syn_steps"],
-            "expert_epochs": d["expert_epochs"], "intermediate_targets": len(interior_points(d)),
+            "workers": cfg["workers"], "iterations": d.iterations, "syn_steps": d.syn_steps,
+            "expert_epochs": d.expert_epochs, "intermediate_targets": len(interior_points(d)),
             "experts": store.loc.uri,
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}

@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-LR_PARAMS = ("plain", "log")
-
+from raydd.specs import DistillSpec
 
 @dataclass
 class ShardState:
@@ -38,27 +37,27 @@ class ShardState:
         self.lr_param.grad = lr_grad * self.lr if self.log_lr else lr_grad
 
 
-def new_state(index: Tensor, images: Tensor, labels: Tensor, soft: Tensor | None, d: dict[str, Any],
+def new_state(index: Tensor, images: Tensor, labels: Tensor, soft: Tensor | None, d: DistillSpec,
               device: torch.device) -> ShardState:
     """A fresh shard on ``device`` with the configured initial lr and parameterisation."""
-    log_lr = d["lr_param"] == "log"
-    lr = torch.tensor(float(d["lr_init"]), device=device)
+    log_lr = d.lr_param == "log"
+    lr = torch.tensor(float(d.lr_init), device=device)
     return ShardState(index, images.to(device).requires_grad_(True), labels.to(device),
                       None if soft is None else soft.to(device).requires_grad_(True),
                       (lr.log() if log_lr else lr).requires_grad_(True),
-                      images.detach().clone().to(device) if d.get("ema") else None, log_lr)
+                      images.detach().clone().to(device) if d.ema else None, log_lr)
 
 
-def lr_of_lr(d: dict[str, Any]) -> float:
+def lr_of_lr(d: DistillSpec) -> float:
     """The lr's own learning rate; for log(lr), scaled so the first step moves the lr as far as plain SGD would."""
-    return d["lr_lr"] / d["lr_init"] ** 2 if d["lr_param"] == "log" else d["lr_lr"]
+    return d.lr_lr / d.lr_init ** 2 if d.lr_param == "log" else d.lr_lr
 
 
-def make_optimizers(state: ShardState, d: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
-    opts = {"images": torch.optim.SGD([state.images], lr=d["lr_img"], momentum=d["momentum_img"]),
+def make_optimizers(state: ShardState, d: DistillSpec) -> dict[str, torch.optim.Optimizer]:
+    opts = {"images": torch.optim.SGD([state.images], lr=d.lr_img, momentum=d.momentum_img),
             "lr": torch.optim.SGD([state.lr_param], lr=lr_of_lr(d), momentum=0.5)}
     if state.soft is not None:
-        opts["soft"] = torch.optim.SGD([state.soft], lr=d["lr_label"], momentum=0.9)
+        opts["soft"] = torch.optim.SGD([state.soft], lr=d.lr_label, momentum=0.9)
     return opts
 
 
@@ -81,14 +80,14 @@ def save_shard(path: Path, rank: int, state: ShardState, opts: dict[str, torch.o
     (path / f"rank{rank}.json").write_text(json.dumps(info))
 
 
-def load_shard(path: Path, rank: int, d: dict[str, Any], device: torch.device
+def load_shard(path: Path, rank: int, d: DistillSpec, device: torch.device
                ) -> tuple[ShardState, dict[str, torch.optim.Optimizer], torch.Generator, dict]:
     t = load_file(str(path / f"rank{rank}.safetensors"))
     info = json.loads((path / f"rank{rank}.json").read_text())
     on = {k: v.to(device) for k, v in t.items() if k != "rng"}
     state = ShardState(t["index"], on["images"].requires_grad_(True), on["labels"],
                        on["soft"].requires_grad_(True) if "soft" in on else None,
-                       on["lr_param"][0].clone().requires_grad_(True), on.get("ema"), d["lr_param"] == "log",
+                       on["lr_param"][0].clone().requires_grad_(True), on.get("ema"), d.lr_param == "log",
                        info["iteration"])
     opts = make_optimizers(state, d)
     opts["lr"].param_groups[0]["lr"] = info["lr_of_lr"]

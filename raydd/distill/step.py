@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,6 +13,7 @@ from raydd.distill.sharding import ShardMap, plan_steps
 from raydd.distill.state import ShardState
 from raydd.distill.unroll import Reduce, Targets, UnrollSpec, unroll
 from raydd.models.functional import FlatModel
+from raydd.specs import DistillSpec
 
 
 @dataclass
@@ -35,7 +35,7 @@ def perturb(theta: Tensor, layout, scale: float, gen: torch.Generator) -> Tensor
 
 
 def compute_gradients(state: ShardState, shards: ShardMap, labels: Tensor, rank: int, net: FlatModel, start: Tensor,
-                      targets: Targets, d: dict[str, Any], spec: UnrollSpec, gen: torch.Generator,
+                      targets: Targets, d: DistillSpec, spec: UnrollSpec, gen: torch.Generator,
                       reduce: Reduce) -> float:
     """Fill ``.grad`` of the shard's images, the lr (and soft labels); return the matching loss.
 
@@ -43,7 +43,7 @@ def compute_gradients(state: ShardState, shards: ShardMap, labels: Tensor, rank:
     """
     for leaf in state.leaves():
         leaf.grad = None
-    plan = plan_steps(labels, shards, rank, d["syn_steps"], d.get("batch_syn"), d["balanced_inner_loss"], gen)
+    plan = plan_steps(labels, shards, rank, d.syn_steps, d.batch_syn, d.balanced_inner_loss, gen)
     result = unroll(net, state.images, state.labels, state.soft, state.lr, start, plan, targets, spec, reduce)
     state.set_lr_grad(result.lr_grad)
     return float(result.loss)
@@ -59,7 +59,7 @@ def grads_finite(state: ShardState) -> bool:
 
 
 def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: float, finite: bool, guard: Guard,
-               d: dict[str, Any], iteration: int) -> StepResult:
+               d: DistillSpec, iteration: int) -> StepResult:
     """Step the optimisers unless a guard or DATM's loss threshold says no; roll back a bad lr.
 
     ``loss`` and ``finite`` must be the same on every worker (all-reduced), so all agree. A step
@@ -67,7 +67,7 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
     so the next step does not repeat the same overshoot.
     """
     reason = guard.check(loss, finite)
-    threshold = d.get("loss_threshold")
+    threshold = d.loss_threshold
     if reason is None and threshold is not None and loss > threshold:
         guard.record(None, iteration)
         return StepResult(loss, False, f"loss {loss:.3f} above threshold {threshold}")
@@ -87,8 +87,8 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
         for k, opt in opts.items():
             opt.state.clear()
             opt.state.update(momenta[k])
-        opts["lr"].param_groups[0]["lr"] *= d["lr_backoff"]
+        opts["lr"].param_groups[0]["lr"] *= d.lr_backoff
     guard.record(reason, iteration)
     if reason is None and state.ema is not None:
-        state.ema.mul_(d["ema"]).add_(state.images.detach(), alpha=1 - d["ema"])
+        state.ema.mul_(d.ema).add_(state.images.detach(), alpha=1 - d.ema)
     return StepResult(loss, reason is None, reason)

@@ -17,6 +17,7 @@ from ray.experimental.tqdm_ray import tqdm
 from torch import Tensor
 
 from raydd.core.train import TrainSpec, accuracy, train_on_set
+from raydd.core.images import DatasetSpec
 from raydd.data.registry import dataset_spec
 from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.sampling import sample_segment
@@ -26,6 +27,7 @@ from raydd.distill.step import apply_step, compute_gradients, grads_finite, pert
 from raydd.distill.unroll import UnrollSpec, local_sum
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
+from raydd.specs import RunSpec
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import TrajectoryStore
 
@@ -42,7 +44,7 @@ class AllReduce:
         return t
 
 
-def fresh_state(init: dict[str, Tensor | None], shards: ShardMap, d: dict[str, Any], rank: int,
+def fresh_state(init: dict[str, Tensor | None], shards: ShardMap, d: DistillSpec, rank: int,
                 device: torch.device) -> ShardState:
     idx = (shards.owner == rank).nonzero().squeeze(1)
     idx = idx[torch.argsort(shards.local[idx])]
@@ -63,14 +65,13 @@ def gather_set(state: ShardState, world: int) -> tuple[Tensor, Tensor, Tensor | 
     return torch.cat([p[1] for p in parts])[order], torch.cat([p[2] for p in parts])[order], soft
 
 
-def fast_eval(cfg: dict[str, Any], images, labels, soft, lr: float, test, device: torch.device) -> float:
+def fast_eval(run: RunSpec, spec: DatasetSpec, images, labels, soft, lr: float, test, device: torch.device) -> float:
     """Train one fresh network briefly on the current set; accuracy on a test subset."""
-    d = cfg["distill"]
-    torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"], dataset_spec(cfg["dataset"])).to(device)
-    tspec = TrainSpec(epochs=d["eval_epochs"], lr=lr if cfg["evaluate"].get("use_set_lr", True) else cfg["evaluate"]["lr"],
-                      batch_size=cfg["evaluate"]["batch_size"], dsa=d["dsa"], channels_last=cfg["channels_last"])
-    train_on_set(model, images, labels, tspec, cfg["seed"], soft)
+    torch.manual_seed(run.seed)
+    model = build_model(run.model, spec).to(device)
+    tspec = TrainSpec(epochs=run.distill.eval_epochs, lr=lr if run.evaluate.use_set_lr else run.evaluate.lr,
+                      batch_size=run.evaluate.batch_size, dsa=run.distill.dsa, channels_last=run.channels_last)
+    train_on_set(model, images, labels, tspec, run.seed, soft)
     return accuracy(model, *test)
 
 
@@ -103,17 +104,18 @@ def train_fn(config: dict[str, Any]) -> None:
     A divergence is reported as a metric and ends the loop normally, so Ray Train does not retry
     a deterministic failure; the driver turns it into an error. A lost worker is retried.
     """
-    cfg, d = config["cfg"], config["cfg"]["distill"]
+    run = RunSpec.from_config(config["cfg"])
+    d, spec = run.distill, dataset_spec(config["cfg"]["dataset"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(config["threads"])
-    store = TrajectoryStore.open(resolve(config["store"], cfg["storage"].get("endpoint_url")))
-    net = FlatModel(build_model(cfg["model"], dataset_spec(cfg["dataset"])).to(device), cfg["channels_last"])
+    store = TrajectoryStore.open(resolve(config["store"], run.storage.endpoint_url))
+    net = FlatModel(build_model(run.model, spec).to(device), run.channels_last)
     init = ray.get(config["init"])
     labels = init["labels"]
     shards = ShardMap.of(labels, world)
-    guard = Guard(d["guard_max_lr"], d["guard_patience"])
+    guard = Guard(d.guard_max_lr, d.guard_patience)
     reduce = AllReduce() if world > 1 else local_sum
     checkpoint = ray.train.get_checkpoint()
     history: list[dict[str, Any]] = []
@@ -124,22 +126,22 @@ def train_fn(config: dict[str, Any]) -> None:
     else:
         state = fresh_state(init, shards, d, rank, device)
         opts = make_optimizers(state, d)
-        gen = torch.Generator().manual_seed(cfg["seed"] * 7919)  # one stream on every worker: one student trajectory
-    spec = UnrollSpec(momentum=d["student_momentum"], dsa=d["dsa"], dsa_strategy=d.get("dsa_strategy"),
-                      temperature=d["temperature"], keep_graph=d["unroll"] == "plain")
+        gen = torch.Generator().manual_seed(run.seed * 7919)  # one stream on every worker: one student trajectory
+    unroll_spec = UnrollSpec(momentum=d.student_momentum, dsa=d.dsa, dsa_strategy=d.dsa_strategy,
+                             temperature=d.temperature, keep_graph=d.unroll == "plain")
     test = ray.get(config["test"]) if rank == 0 and config["test"] else None
-    bar = tqdm(total=d["iterations"], desc="distill", position=0) if rank == 0 and config["progress"] else None
+    bar = tqdm(total=d.iterations, desc="distill", position=0) if rank == 0 and config["progress"] else None
     if bar:
         bar.update(state.iteration)
     eval_acc = next((h["eval_acc"] for h in reversed(history) if "eval_acc" in h), None)
-    while state.iteration < d["iterations"]:
+    while state.iteration < d.iterations:
         it, tic = state.iteration, time.perf_counter()
         sent = getattr(reduce, "bytes", 0)
         seg = sample_segment(it, store.experts, d, gen)
         expert_start = store.params(seg.expert, seg.start).to(device)
-        student_start = perturb(expert_start, net.layout, d["perturb"], gen)
+        student_start = perturb(expert_start, net.layout, d.perturb, gen)
         loss = compute_gradients(state, shards, labels, rank, net, student_start,
-                                 segment_targets(store, seg, expert_start), d, spec, gen, reduce)
+                                 segment_targets(store, seg, expert_start), d, unroll_spec, gen, reduce)
         bad = torch.tensor(0.0 if grads_finite(state) else 1.0, device=device)
         finite = bool(reduce(bad) == 0)
         try:
@@ -155,20 +157,20 @@ def train_fn(config: dict[str, Any]) -> None:
                    "seconds": time.perf_counter() - tic, "device": str(device), "gpu_mem_mb": gpu_memory_mb(device)}
         if step.reason:
             metrics["skip_reason"] = step.reason
-        last = state.iteration == d["iterations"]
-        if d["eval_every"] and (state.iteration % d["eval_every"] == 0 or last):
+        last = state.iteration == d.iterations
+        if d.eval_every and (state.iteration % d.eval_every == 0 or last):
             images, set_labels, soft = gather_set(state, world)
             if rank == 0 and test is not None:
-                eval_acc = metrics["eval_acc"] = fast_eval(cfg, images, set_labels, soft, float(state.lr), test, device)
+                eval_acc = metrics["eval_acc"] = fast_eval(run, spec, images, set_labels, soft, float(state.lr), test, device)
         history.append(metrics)
         if bar:
-            bar.set_description(progress_text(metrics, d["iterations"], eval_acc))
+            bar.set_description(progress_text(metrics, d.iterations, eval_acc))
             bar.update(1)
-        if state.iteration % d["checkpoint_every"] == 0 or last:
+        if state.iteration % d.checkpoint_every == 0 or last:
             report_checkpoint(metrics, state, opts, gen, rank,
                               {"rejected": guard.total, "world": world, **({"history": history} if rank == 0 else {})},
                               keep_local=config["local"])
-        elif state.iteration % d["log_every"] == 0 or "eval_acc" in metrics:
+        elif state.iteration % d.log_every == 0 or "eval_acc" in metrics:
             ray.train.report(metrics)
     if bar:
         bar.close()
