@@ -19,7 +19,12 @@ STAGES = {
     "evaluate": "train fresh networks on a set (or a random/full baseline), test on real data",
     "tune": "Ray Tune sweep over IPC and loss weights",
     "pipeline": "experts → distill → evaluate (or quantize → evaluate) in one job",
+    "export": "a distilled set as .pt tensors, a PNG ImageFolder or a Hugging Face dataset",
+    "report": "one static HTML page over a storage root: sets, experts, sweeps",
 }
+# Stages that read only the locations they are given (no dataset, no storage.root), and take their
+# own keys without the group prefix: ``raydd export set=... out=...`` is ``export.set=... export.out=...``.
+OWN_KEYS = {"export": ("set", "format", "out"), "report": ("runs", "out")}
 DISTILL_METHODS = ("mtt", "datm", "ast", "mct")
 QUANTIZE_METHODS = ("ddoq", "d4m")
 BASELINES = ("random", "full")
@@ -35,6 +40,12 @@ def config_dir() -> Path:
         if candidate and (Path(candidate) / "config.yaml").exists():
             return Path(candidate).resolve()
     raise ConfigError("configs/config.yaml not found: run from the raydd checkout or set RAYDD_CONFIG_DIR")
+
+
+def with_stage_prefix(stage: str, overrides: list[str]) -> list[str]:
+    """``key=value`` → ``<stage>.key=value`` for the stage's own keys (:data:`OWN_KEYS`)."""
+    own = OWN_KEYS.get(stage, ())
+    return [f"{stage}.{o}" if o.split("=", 1)[0] in own else o for o in overrides]
 
 
 def compose(overrides: list[str]) -> dict[str, Any]:
@@ -82,6 +93,8 @@ def validate(cfg: dict[str, Any], stage: str) -> None:
         raise ConfigError(f"method {method!r} does not run in stage {stage!r}; choose one of {', '.join(allowed)}")
     if not isinstance(cfg["ipc"], int) or cfg["ipc"] <= 0:
         raise ConfigError(f"ipc must be a positive integer, got {cfg['ipc']!r}")
+    if cfg.get("tracking") not in (None, "tensorboard"):
+        raise ConfigError(f"unknown tracking {cfg['tracking']!r}; choose null (off) or tensorboard")
     if not isinstance(cfg["workers"], int) or cfg["workers"] < 0:
         raise ConfigError(f"workers must be an integer >= 0, got {cfg['workers']!r}")
     for key in ("num", "epochs"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import statistics
@@ -23,7 +24,17 @@ def train_spec(cfg: dict[str, Any], ds: DistilledSet) -> TrainSpec:
     ev = cfg["evaluate"]
     lr = ds.lr if ds.lr is not None and ev.get("use_set_lr", True) else ev["lr"]
     return TrainSpec(epochs=ev["epochs"], lr=float(lr), batch_size=ev["batch_size"], dsa=ev["dsa"],
-                     dsa_strategy=ev.get("dsa_strategy") or TrainSpec.dsa_strategy)
+                     dsa_strategy=ev.get("dsa_strategy") or TrainSpec.dsa_strategy, soft_label_temperature=ds.temperature)
+
+
+def recipe(cfg: dict[str, Any], ds: DistilledSet) -> dict[str, Any]:
+    """How ``evaluate_set`` measures the set: the training protocol (SGD with momentum, lr ×0.1 at epochs // 2),
+    the architectures, one seed per model, and the test split."""
+    ev = cfg["evaluate"]
+    return {**dataclasses.asdict(train_spec(cfg, ds)), "lr_decay_epoch": max(1, ev["epochs"] // 2),
+            "models": [model_config(cfg, arch) for arch in ev["models"]],
+            "seeds": [cfg["seed"] + k for k in range(ev["num_models"])],
+            "test": f"{cfg['dataset']['name']} test split, normalised (and whitened) like the set"}
 
 
 def model_config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:

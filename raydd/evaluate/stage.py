@@ -6,9 +6,9 @@ from typing import Any
 
 from raydd.data.registry import load_dataset
 from raydd.evaluate.baselines import full_set, random_set
-from raydd.evaluate.run import evaluate_set, format_summary, summarize, write_results
+from raydd.evaluate.run import evaluate_set, format_summary, recipe, summarize, write_results
 from raydd.runtime import init_ray
-from raydd.storage.distilled import load_set, save_set
+from raydd.storage.distilled import load_set, record_evaluation, save_set
 from raydd.storage.layout import set_location
 
 
@@ -28,6 +28,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     summary = summarize(rows)
     write_results(loc, rows, summary, {"method": method, "ipc": None if method == "full" else cfg["ipc"],
                                        "dataset": spec.name, "set": loc.uri, "set_size": len(ds)})
+    if method != "full":  # the full baseline has no set.parquet
+        record_evaluation(loc, {"recipe": recipe(cfg, ds), "accuracy": summary})
     print(f"{method} ipc={cfg['ipc'] if method != 'full' else 'all'} on {spec.name} → {loc.uri}")
     print(format_summary(summary))
     return summary

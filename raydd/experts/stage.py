@@ -29,6 +29,7 @@ from raydd.storage.fs import Location, check_reachable, s3_endpoint
 from raydd.storage.layout import experts_location
 from raydd.storage.trajectory import (DTYPES, ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
                                       open_manifest, remove_temp_files, write_manifest)
+from raydd.tracking import log_experts
 
 # Keys that decide where and how fast experts train, not what they are: left out of the config hash.
 ORCHESTRATION_KEYS = ("num", "cpus_per_expert", "gpus_per_expert", "max_retries", "store")
@@ -146,6 +147,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if todo:
         init_ray(cfg)
         results = train_missing(cfg, store, manifest, todo)
+        log_experts(cfg, store, sorted(results))
     summary = summarize(store, manifest, results, cfg["experts"]["num"] - len(todo), time.time() - started)
     print(format_summary(summary))
     return summary

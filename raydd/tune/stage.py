@@ -22,6 +22,7 @@ from raydd.experts import stage as experts_stage
 from raydd.runtime import init_ray
 from raydd.storage.fs import Location, check_reachable
 from raydd.storage.layout import model_tag, root
+from raydd.tracking import tune_callbacks
 from raydd.tune.export import experiment_yaml
 from raydd.tune.report import STATUSES, best_row, markdown, sweep_notes, trial_rows, write_plots, write_tables
 from raydd.tune.scheduler import TRIAL_CPU, check_scheduler, max_concurrent, scheduler, scheduler_text
@@ -87,7 +88,7 @@ def make_tuner(cfg: dict[str, Any], params: list[Param], sweep: Location, restor
         tune_config=tune.TuneConfig(num_samples=cfg["tune"]["num_samples"], scheduler=scheduler(cfg),
                                     max_concurrent_trials=max_concurrent(cfg)),
         run_config=tune.RunConfig(name=sweep_name(cfg), storage_path=parent, storage_filesystem=fs,
-                                  failure_config=tune.FailureConfig(max_failures=0)))
+                                  failure_config=tune.FailureConfig(max_failures=0), callbacks=tune_callbacks(cfg)))
 
 
 def can_restore(sweep: Location) -> bool:
