@@ -1,4 +1,4 @@
-"""``raydd pipeline``: experts → distill → evaluate (or quantize → evaluate), against random-real."""
+"""``raydd pipeline``: experts → distill → evaluate (or quantize → evaluate), against random-real, then the report."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             for arch in distilled]
     set_location(cfg).join("pipeline.json").write_bytes_atomic(json.dumps(rows, indent=2).encode())
     print(format_table(rows))
+    importlib.import_module("raydd.report.stage").run(cfg)  # the HTML report over storage.root; prints its path
     return rows
 
 

@@ -10,6 +10,7 @@ all. With ``tracking: null`` (the default) nothing is written.
 from __future__ import annotations
 
 import posixpath
+import time
 from typing import Any
 
 import ray.train
@@ -33,23 +34,39 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
 
 
+class EventFile:
+    """A TensorBoard event file written synchronously: tensorboardX's ``SummaryWriter`` writes from a thread, and
+    events still queued when a Ray Train controller exits would be lost."""
+
+    def __init__(self, logdir: str) -> None:
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.record_writer import directory_check
+
+        directory_check(logdir)
+        self.events = EventsWriter(posixpath.join(logdir, "events"))
+
+    def write(self, values: dict[str, float], step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        for tag, value in values.items():
+            self.events.write_event(Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
+        self.events.flush()
+
+
 class TrainTensorBoard(ray.train.UserCallback):
     """Ray Train V2 callback (runs in the Train controller): rank 0's reported metrics, stepped by ``iteration``."""
 
     def __init__(self, logdir: str) -> None:
         self.logdir = logdir
-        self.writer = None
+        self.file: EventFile | None = None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        if self.writer is None:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(posixpath.join(self.logdir, run_context.get_run_config().name))
+        if self.file is None:
+            self.file = EventFile(posixpath.join(self.logdir, run_context.get_run_config().name))
         values = scalars(metrics[0])
         step = int(values.pop("iteration", 0))
-        for key, value in values.items():
-            self.writer.add_scalar(f"distill/{key}", value, step)
-        self.writer.flush()
+        self.file.write({f"distill/{k}": v for k, v in values.items()}, step)
 
 
 class TuneTensorBoard(TBXLoggerCallback):
@@ -81,13 +98,9 @@ def log_experts(cfg: dict[str, Any], store: Location, experts: list[int]) -> Non
     logdir = tracking_dir(cfg, "experts")
     if not logdir or not experts:
         return
-    from tensorboardX import SummaryWriter
-
     reader = TrajectoryStore.open(store)
     for expert in experts:
         m = reader.metrics(expert)
-        with SummaryWriter(posixpath.join(logdir, posixpath.basename(store.path), f"expert-{expert}")) as writer:
-            for epoch, acc, loss in zip(m["epoch"], m["test_acc"], m["train_loss"]):
-                for key, value in (("test_acc", acc), ("train_loss", loss)):
-                    if value is not None:
-                        writer.add_scalar(f"experts/{key}", value, int(epoch))
+        file = EventFile(posixpath.join(logdir, posixpath.basename(store.path), f"expert-{expert}"))
+        for epoch, acc, loss in zip(m["epoch"], m["test_acc"], m["train_loss"]):
+            file.write({f"experts/{k}": v for k, v in (("test_acc", acc), ("train_loss", loss)) if v is not None}, int(epoch))

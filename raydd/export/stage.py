@@ -1,7 +1,7 @@
 """``raydd export set=<uri> format=pt|imagefolder|hf out=<uri>``: a distilled set for the tools people already use.
 
-The files are written under a temporary sibling of ``out`` and moved into place together, so
-``out`` is either complete or absent; an ``out`` that already has content is refused.
+On a local disk the files are written into a temporary sibling of ``out`` and renamed into place
+together, so ``out`` is either complete or absent; an ``out`` that already has content is refused.
 """
 
 from __future__ import annotations
@@ -49,13 +49,18 @@ def check_options(cfg: dict[str, Any]) -> tuple[Location, Location]:
 
 
 def write_all(files: dict[str, bytes], out: Location) -> None:
-    """Write ``files`` beside ``out``, then move the whole directory into place."""
+    """Write ``files`` under ``out``: on a local disk into a sibling directory that is then renamed into place;
+    on an object store (no directories to rename) object by object, each appearing whole."""
+    if not isinstance(out.fs, pafs.LocalFileSystem):
+        for name, data in files.items():
+            out.join(name).write_bytes_atomic(data)
+        return
     suffix = f".tmp-{uuid.uuid4().hex[:8]}"
     tmp = Location(out.fs, out.path.rstrip("/") + suffix, out.uri.rstrip("/") + suffix)
     for name, data in files.items():
         tmp.join(name).write_bytes_atomic(data)
-    if out.fs.get_file_info(out.path).type == pafs.FileType.Directory:
-        out.fs.delete_dir(out.path)  # empty (checked): a rename needs the name free
+    if out.exists():
+        out.fs.delete_dir(out.path)  # empty (checked): the rename needs the name free
     out.fs.move(tmp.path, out.path)
 
 
