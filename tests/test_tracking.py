@@ -85,3 +85,10 @@ def test_tune_trials_go_to_tensorboard(tmp_path, session):
         lengths.append(len(events["ray/tune/eval_acc"]))
     assert sorted(lengths) == [1, 1, 4]  # ASHA stopped two trials at the first rung
     assert not list((tmp_path / "tune").rglob("events.out.tfevents.*"))  # in tracking/, not the trial directories
+
+
+def test_unknown_tracker_is_a_config_error(capsys):
+    from raydd.cli import main
+
+    assert main(["distill", "dataset=digits", "tracking=mlflow"]) == 2
+    assert capsys.readouterr().err == "raydd: error: unknown tracking 'mlflow'; choose null (off) or tensorboard\n"

@@ -39,7 +39,7 @@ def evaluation_bars(rows: list[dict[str, Any]]) -> bytes:
     archs = list(dict.fromkeys(r["model"] for r in rows))
     sets = list(dict.fromkeys(r["set"] for r in rows))
     width = 0.8 / len(sets)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(archs) * len(sets), 2.8))
+    fig, ax = plt.subplots(figsize=(2 + 0.8 * len(archs) * len(sets), 2.6))
     for i, name in enumerate(sets):
         mine = {r["model"]: r for r in rows if r["set"] == name}
         xs = [a + (i - (len(sets) - 1) / 2) * width for a, arch in enumerate(archs) if arch in mine]
@@ -50,7 +50,7 @@ def evaluation_bars(rows: list[dict[str, Any]]) -> bytes:
     ax.set_xticks(range(len(archs)), archs)
     ax.set(ylabel="test accuracy (%)", title="evaluation (mean ± std over models)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return png_bytes(fig)
 
 
