@@ -30,7 +30,7 @@ def img(data: bytes, alt: str, width: int | None = None) -> str:
     return f'<img alt="{esc(alt)}"{size} src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def grid_img(data: bytes, alt: str, target: int = 420) -> str:
+def grid_img(data: bytes, alt: str, target: int = 600) -> str:
     """A set's grid, scaled by a whole factor (pixels stay sharp) to about ``target`` pixels on its long side."""
     from PIL import Image
 
