@@ -108,6 +108,13 @@ def test_report_page_is_self_contained_and_carries_the_numbers(storage_root, cap
     assert main(["report", f"runs={storage_root / 'nowhere'}"]) == 2
 
 
+def test_curves_without_fast_evaluation_or_rejected_steps():
+    from raydd.report.plots import distill_curves
+
+    history = pd.DataFrame({"iteration": [1, 2, 3], "loss": [1.0, 0.9, 0.8], "applied": [True] * 3, "lr": [0.01] * 3})
+    assert distill_curves(history).startswith(b"\x89PNG")  # distill.eval_every=0 leaves no eval_acc column
+
+
 def chromium() -> str:
     found = next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
     if found is None:

@@ -26,8 +26,12 @@ def distill_curves(metrics: pd.DataFrame) -> bytes:
     axes[0].legend(fontsize=7)
     axes[1].plot(it, metrics["lr"], lw=1)
     axes[1].set(xlabel="iteration", ylabel="lr", title="learned inner lr")
-    evals = metrics.dropna(subset=["eval_acc"]) if "eval_acc" in metrics else metrics.iloc[:0]
-    axes[2].plot(evals["iteration"], 100 * evals["eval_acc"], "o-")
+    if "eval_acc" in metrics:
+        evals = metrics.dropna(subset=["eval_acc"])
+        axes[2].plot(evals["iteration"], 100 * evals["eval_acc"], "o-")
+    else:
+        axes[2].text(0.5, 0.5, "no fast evaluation\n(distill.eval_every=0)", ha="center", va="center",
+                     transform=axes[2].transAxes)
     axes[2].set(xlabel="iteration", ylabel="accuracy (%)", title="fast evaluation (1 model)")
     fig.tight_layout()
     return png_bytes(fig)
