@@ -1,4 +1,4 @@
-# raydd: `make demo` runs the main job on the embedded default; `make test` runs the tests.
+# raydd: `make demo` runs the main job on the embedded default (ending with the HTML report); `make test` runs the tests.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,15 +22,22 @@ fashion-mnist:
 	  apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
 	else echo "Fashion-MNIST not found: 'sudo apt-get install dataset-fashion-mnist', or set dataset.root=<torchvision root> (torchvision downloads it where the network allows)"; fi
 
-.PHONY: fashion-mnist
+# Headless Chromium renders the HTML report in tests/test_report.py (skipped without it).
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then echo "Chromium: $$(command -v chromium || command -v chromium-browser || command -v google-chrome)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium); \
+	else echo "Chromium not found: 'sudo apt-get install chromium' (the report's browser test is skipped without it)"; fi
+
+.PHONY: fashion-mnist chromium
 
 demo: setup
 	$(BIN)/raydd pipeline
 
-test: $(BIN)/raydd fashion-mnist
+test: $(BIN)/raydd fashion-mnist chromium
 	$(BIN)/python -m pytest -q
 
-test-slow: $(BIN)/raydd fashion-mnist
+test-slow: $(BIN)/raydd fashion-mnist chromium
 	$(BIN)/python -m pytest -q -m slow
 
 clean:

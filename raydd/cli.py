@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from raydd.config import STAGES, check_data, check_storage, compose, describe, validate
+from raydd.config import OWN_KEYS, STAGES, check_data, check_storage, compose, describe, validate, with_stage_prefix
 from raydd.errors import RayddError
 from raydd.specs import ConfigError
 
@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-        cfg = compose(overrides)
+        cfg = compose(with_stage_prefix(stage, overrides))
         if len(overrides) != len(args) - 1:
             print(f"raydd {stage}: {STAGES[stage]}\n\n{describe(cfg)}")
             return 0
         validate(cfg, stage)
-        check_data(cfg, stage)
-        check_storage(cfg, stage)
+        if stage not in OWN_KEYS:
+            check_data(cfg, stage)
+            check_storage(cfg, stage)
         importlib.import_module(f"raydd.{stage}.stage" if stage != "pipeline" else "raydd.pipeline").run(cfg)
     except RayddError as e:  # before or inside the stage: bad config, a corrupt shard, a diverged run, ...
         print(f"raydd: error: {e}", file=sys.stderr)

@@ -20,7 +20,14 @@ STAGES = {
     "evaluate": "train fresh networks on a set (or a random/full baseline), test on real data",
     "tune": "Ray Tune sweep over IPC and loss weights",
     "pipeline": "experts → distill → evaluate (or quantize → evaluate) in one job",
+    "export": "a distilled set as .pt tensors, a PNG ImageFolder or a Hugging Face dataset",
+    "report": "one static HTML page over a storage root: sets, experts, sweeps",
 }
+# Stages that read only the locations they are given (no dataset, no storage.root), and take their
+# own keys without the group prefix: ``raydd export set=... out=...`` is ``export.set=... export.out=...``.
+OWN_KEYS = {"export": ("set", "format", "out"), "report": ("runs", "out")}
+
+
 def config_dir() -> Path:
     """``$RAYDD_CONFIG_DIR`` (a user's own copy of the configs), else the configs installed with the package."""
     user = os.environ.get("RAYDD_CONFIG_DIR")
@@ -29,6 +36,12 @@ def config_dir() -> Path:
     if not (Path(user) / "config.yaml").exists():
         raise ConfigError(f"RAYDD_CONFIG_DIR={user} holds no config.yaml")
     return Path(user).resolve()
+
+
+def with_stage_prefix(stage: str, overrides: list[str]) -> list[str]:
+    """``key=value`` → ``<stage>.key=value`` for the stage's own keys (:data:`OWN_KEYS`)."""
+    own = OWN_KEYS.get(stage, ())
+    return [f"{stage}.{o}" if o.split("=", 1)[0] in own else o for o in overrides]
 
 
 def compose(overrides: list[str]) -> dict[str, Any]:

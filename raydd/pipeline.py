@@ -1,4 +1,4 @@
-"""``raydd pipeline``: experts → distill → evaluate (or quantize → evaluate), against random-real."""
+"""``raydd pipeline``: experts → distill → evaluate (or quantize → evaluate), against random-real, then the report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from raydd.distill import stage as distill_stage
 from raydd.evaluate import stage as evaluate_stage
 from raydd.experts import stage as experts_stage
 from raydd.quantize import stage as quantize_stage
+from raydd.report import stage as report_stage
 from raydd.storage.fs import resolve
 
 
@@ -33,6 +34,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     metrics = resolve(distilled["metrics"], cfg["storage"].get("endpoint_url"))
     metrics.join("pipeline.json").write_bytes_atomic(json.dumps(rows, indent=2).encode())
     print(format_table(rows))
+    report_stage.run(cfg)  # the HTML report over storage.root; prints its path
     return rows
 
 

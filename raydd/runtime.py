@@ -43,5 +43,5 @@ def require_gpus(gpus: float, what: str) -> None:
 
 
 def task_device() -> torch.device:
-    """The device of a Ray task or actor: its first assigned GPU, else the CPU."""
-    return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+    """The device of a Ray task or actor: its first assigned GPU, else the CPU (also outside Ray)."""
+    return torch.device("cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu")

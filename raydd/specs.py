@@ -301,6 +301,7 @@ class RunSpec:
     ray_address: str | None
     zca: bool
     channels_last: bool
+    tracking: str | None
     method: MethodSpec
     dataset: DatasetCfg
     model: ModelSpec
@@ -317,7 +318,7 @@ class RunSpec:
         groups = {"method": MethodSpec, "dataset": DatasetCfg, "model": ModelSpec, "experts": ExpertsSpec,
                   "distill": DistillSpec, "quantize": QuantizeSpec, "evaluate": EvaluateSpec, "data": DataSpec,
                   "tune": TuneSpec, "storage": StorageSpec}
-        top = {k: cfg.get(k) for k in ("ipc", "seed", "workers", "run_name", "ray_address", "zca", "channels_last")}
+        top = {k: cfg.get(k) for k in ("ipc", "seed", "workers", "run_name", "ray_address", "zca", "channels_last", "tracking")}
         return cls(**top, **{k: g.from_config(cfg[k]) for k, g in groups.items()})
 
 
@@ -457,6 +458,8 @@ def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str
         raise ConfigError(f"method {spec.method.name!r} does not run in stage {stage!r}; choose one of {', '.join(allowed)}")
     _positive_int(spec.ipc, "ipc")
     _positive_int(spec.workers, "workers", allow_zero=True)
+    if spec.tracking not in (None, "tensorboard"):
+        raise ConfigError(f"unknown tracking {spec.tracking!r}; choose null (off) or tensorboard")
     check_experts(spec.experts)
     check_distill(spec.distill, spec.experts.epochs, window=stage in ("distill", "pipeline", "tune"))
     check_quantize(spec.quantize)

@@ -37,6 +37,22 @@ DATASETS: dict[str, Entry] = {
 }
 
 
+# Class names in label order where the dataset defines them; other datasets name classes by index.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "digits": tuple("0123456789"),
+    "mnist": tuple("0123456789"),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+def class_names(name: str, num_classes: int) -> list[str]:
+    """The dataset's class names, or ``"0" … "K-1"``."""
+    names = CLASS_NAMES.get(name)
+    return list(names) if names and len(names) == num_classes else [str(c) for c in range(num_classes)]
+
+
 def dataset_names() -> list[str]:
     return [*DATASETS, "parquet"]
 

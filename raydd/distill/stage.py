@@ -31,6 +31,7 @@ from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable, resolve
 from raydd.storage.layout import experts_location, model_tag, root, run_name, set_location
 from raydd.storage.trajectory import TrajectoryStore
+from raydd.tracking import train_callbacks
 
 
 def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryStore:
@@ -87,7 +88,8 @@ def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbac
                              storage_path=storage.path,
                              storage_filesystem=None if isinstance(storage.fs, pafs.LocalFileSystem) else storage.fs,
                              failure_config=FailureConfig(max_failures=d.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[*(callbacks or []), *train_callbacks(cfg)]),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import statistics
@@ -25,7 +26,18 @@ def train_spec(ev: EvaluateSpec, ds: DistilledSet, channels_last: bool) -> Train
     """The train-on-set protocol of ``evaluate``: the set's learned lr unless ``use_set_lr`` is off."""
     lr = ds.lr if ds.lr is not None and ev.use_set_lr else ev.lr
     return TrainSpec(epochs=ev.epochs, lr=float(lr), batch_size=ev.batch_size, dsa=ev.dsa,
-                     dsa_strategy=ev.dsa_strategy or TrainSpec.dsa_strategy, amp=ev.amp, channels_last=channels_last)
+                     dsa_strategy=ev.dsa_strategy or TrainSpec.dsa_strategy, soft_label_temperature=ds.temperature,
+                     amp=ev.amp, channels_last=channels_last)
+
+
+def recipe(run: RunSpec, ds: DistilledSet) -> dict[str, Any]:
+    """How ``evaluate_set`` measures the set: the training protocol (SGD with momentum, lr ×0.1 at epochs // 2),
+    the architectures, one seed per model, and the test split."""
+    ev = run.evaluate
+    return {**dataclasses.asdict(train_spec(ev, ds, run.channels_last)), "lr_decay_epoch": max(1, ev.epochs // 2),
+            "models": [dataclasses.asdict(model_spec(run.model, arch)) for arch in ev.models],
+            "seeds": [run.seed + k for k in range(ev.num_models)],
+            "test": f"{run.dataset.name} test split, normalised (and whitened) like the set"}
 
 
 def model_spec(model: ModelSpec, arch: str) -> ModelSpec:

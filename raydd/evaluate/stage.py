@@ -6,10 +6,10 @@ from typing import Any
 
 from raydd.data.registry import load_dataset
 from raydd.evaluate.baselines import full_set, random_set
-from raydd.evaluate.run import evaluate_set, format_summary, summarize, write_results
+from raydd.evaluate.run import evaluate_set, format_summary, recipe, summarize, write_results
 from raydd.runtime import init_ray, require_gpus
 from raydd.specs import RunSpec
-from raydd.storage.distilled import load_set, save_set
+from raydd.storage.distilled import load_set, record_evaluation, save_set
 from raydd.storage.fs import resolve
 from raydd.storage.layout import evaluated_set, evaluation_location, set_location
 
@@ -35,11 +35,14 @@ def run(cfg: dict[str, Any], set_uri: str | None = None) -> dict[str, Any]:
         ds = load_set(loc)
     init_ray(cfg)
     require_gpus(cfg["evaluate"]["gpus_per_model"], "evaluate.gpus_per_model")
-    rows = evaluate_set(ds, RunSpec.from_config(cfg), spec, test)
+    run_spec = RunSpec.from_config(cfg)
+    rows = evaluate_set(ds, run_spec, spec, test)
     summary = summarize(rows)
     out = evaluation_location(cfg, loc)
     write_results(out, rows, summary, {"method": ds.meta.get("method", method), "ipc": None if method == "full" else cfg["ipc"],
                                        "dataset": spec.name, "set": loc.uri, "set_size": len(ds)})
+    if method != "full" and not (set_uri or cfg["evaluate"].get("set")):  # a set this config made (never a named one)
+        record_evaluation(loc, {"recipe": recipe(run_spec, ds), "accuracy": summary})
     print(f"{method} ipc={cfg['ipc'] if method != 'full' else 'all'} on {spec.name}: {loc.uri} → {out.uri}")
     print(format_summary(summary))
     return {"set": loc.uri, "metrics": out.uri, "summary": summary}

@@ -30,6 +30,7 @@ from raydd.storage.fs import Location, check_reachable, s3_endpoint
 from raydd.storage.layout import experts_location, store_settings
 from raydd.storage.trajectory import (ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
                                       open_manifest, remove_temp_files, write_manifest)
+from raydd.tracking import log_experts
 
 _train_and_commit = ray.remote(train_and_commit)
 
@@ -120,6 +121,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         init_ray(cfg)
         require_gpus(cfg["experts"]["gpus_per_expert"], "experts.gpus_per_expert")
         results = train_missing(cfg, store, manifest, todo)
+        log_experts(cfg, store, sorted(results))
     summary = summarize(store, manifest, results, cfg["experts"]["num"] - len(todo), time.time() - started)
     print(format_summary(summary))
     return summary

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
 import pandas as pd
 
+from raydd.report.figures import png_bytes, pyplot
 from raydd.storage.fs import Location
 from raydd.storage.layout import model_tag
 from raydd.tune.space import Param
@@ -87,24 +87,9 @@ def write_tables(loc: Location, rows: list[dict[str, Any]], text: str) -> None:
     loc.join("results.md").write_bytes_atomic(text.encode())
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_ipc(rows: list[dict[str, Any]], ipc: int, method: str):
     """Test accuracy against IPC (completed trials, best per IPC joined); stopped trials at their last fast eval."""
-    plt = _pyplot()
+    plt = pyplot()
     df = pd.DataFrame(rows)
     df["ipc"] = df["ipc"] if "ipc" in df else ipc
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -123,7 +108,7 @@ def plot_ipc(rows: list[dict[str, Any]], ipc: int, method: str):
 
 def plot_param(rows: list[dict[str, Any]], param: Param, ipc: int):
     """Test accuracy against one swept value, one line (mean per value) per IPC."""
-    plt = _pyplot()
+    plt = pyplot()
     df = pd.DataFrame(rows)
     df["ipc"] = df["ipc"] if "ipc" in df else ipc
     done = df[df["status"] == "completed"]
@@ -145,7 +130,6 @@ def plot_param(rows: list[dict[str, Any]], param: Param, ipc: int):
 def write_plots(loc: Location, rows: list[dict[str, Any]], params: list[Param], ipc: int, method: str) -> list[str]:
     """``acc_vs_ipc.png`` and ``acc_vs_<key>.png`` per numeric swept key (none before a trial has ended);
     returns the file names."""
-    plt = _pyplot()
     ended = [r for r in rows if r["status"] in ("completed", "stopped")]
     if not ended:
         return []
@@ -155,6 +139,5 @@ def write_plots(loc: Location, rows: list[dict[str, Any]], params: list[Param], 
         if p.key != "ipc" and numeric:
             figures[f"acc_vs_{p.key}.png"] = plot_param(ended, p, ipc)
     for name, fig in figures.items():
-        loc.join(name).write_bytes_atomic(_png(fig))
-        plt.close(fig)
+        loc.join(name).write_bytes_atomic(png_bytes(fig))
     return list(figures)

@@ -21,6 +21,7 @@ from raydd.runtime import init_ray
 from raydd.specs import ConfigError, RunSpec, tune_name
 from raydd.storage.fs import Location, check_reachable
 from raydd.storage.layout import digest, root, store_settings
+from raydd.tracking import tune_callbacks
 from raydd.tune.export import experiment_yaml
 from raydd.tune.report import STATUSES, best_row, markdown, sweep_notes, trial_rows, write_plots, write_tables
 from raydd.tune.scheduler import TRIAL_CPU, max_concurrent, scheduler, scheduler_text
@@ -46,7 +47,7 @@ def make_tuner(cfg: dict[str, Any], spec: RunSpec, params: list[Param], sweep: L
         tune_config=tune.TuneConfig(num_samples=spec.tune.num_samples, scheduler=scheduler(spec),
                                     max_concurrent_trials=max_concurrent(spec)),
         run_config=tune.RunConfig(name=cfg["tune"]["name"], storage_path=parent, storage_filesystem=fs,
-                                  failure_config=tune.FailureConfig(max_failures=0)))
+                                  failure_config=tune.FailureConfig(max_failures=0), callbacks=tune_callbacks(cfg)))
 
 
 def can_restore(sweep: Location) -> bool:
