@@ -28,15 +28,15 @@ def digits_example(root: str, lr_param: str, workers: int) -> dict:
     from raydd.distill import stage as distill
     from raydd.errors import RayddError
     from raydd.experts import stage as experts
-    from raydd.storage.layout import set_location
+    from raydd.storage.fs import resolve
 
     cfg = compose(["dataset=digits", "method=mtt", "ipc=1", "distill.iterations=5", f"workers={workers}",
                    f"distill.lr_param={lr_param}", f"storage.root={root}", f"run_name=lr-{lr_param}-w{workers}"])
-    experts.run(cfg)
+    store = experts.run(cfg)["store"]
     row = {"part": "digits ipc 1", "lr_param": lr_param, "workers": workers}
     try:
-        distill.run(cfg)
-        curve = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)
+        out = resolve(distill.run(cfg, store)["set"])
+        curve = pd.read_csv(out.join("distill_metrics.csv").path)
         row |= {"rejected": int(curve["rejected"].iloc[-1]), "steps": len(curve), "final_lr": float(curve["lr"].iloc[-1]),
                 "outcome": "set written"}
     except RayddError as e:
@@ -49,13 +49,12 @@ def demo(root: str, lr_param: str) -> dict:
     from raydd.distill import stage as distill
     from raydd.evaluate import stage as evaluate
     from raydd.experts import stage as experts
-    from raydd.storage.layout import set_location
+    from raydd.storage.fs import resolve
 
     cfg = compose([f"storage.root={root}", f"distill.lr_param={lr_param}", f"run_name=demo-lr-{lr_param}"])
-    experts.run(cfg)
-    distill.run(cfg)
-    curve = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)
-    acc = evaluate.run(cfg)["convnet"]
+    out = distill.run(cfg, experts.run(cfg)["store"])["set"]
+    curve = pd.read_csv(resolve(out).join("distill_metrics.csv").path)
+    acc = evaluate.run(cfg, out)["summary"]["convnet"]
     return {"part": "fmnist demo", "lr_param": lr_param, "workers": 1, "rejected": int(curve["rejected"].iloc[-1]),
             "steps": len(curve), "final_lr": float(curve["lr"].iloc[-1]), "acc": acc["mean"], "acc_std": acc["std"],
             "outcome": "set written"}
@@ -65,7 +64,7 @@ def random_real(root: str) -> dict:
     from raydd.config import compose
     from raydd.evaluate import stage as evaluate
 
-    acc = evaluate.run(compose([f"storage.root={root}", "method=random", "run_name=demo-lr-random"]))["convnet"]
+    acc = evaluate.run(compose([f"storage.root={root}", "method=random", "run_name=demo-lr-random"]))["summary"]["convnet"]
     return {"part": "fmnist demo", "lr_param": "random real", "acc": acc["mean"], "acc_std": acc["std"]}
 
 

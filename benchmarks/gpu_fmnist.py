@@ -37,7 +37,7 @@ def main() -> None:
     from raydd.distill import stage as distill
     from raydd.evaluate import stage as evaluate
     from raydd.experts import stage as experts
-    from raydd.storage.layout import set_location
+    from raydd.storage.fs import resolve
 
     ray.init(include_dashboard=False, logging_level="ERROR")
     overrides = [f"storage.root={args.root}", "model.width=128", "ipc=10", f"experts.num={args.experts}",
@@ -49,10 +49,10 @@ def main() -> None:
     tic = time.time()
     expert_summary = experts.run(cfg)
     t_experts = time.time() - tic
-    distill.run(cfg)
-    curve = pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)
-    distilled = evaluate.run(cfg)["convnet"]
-    random = evaluate.run(compose([*overrides, "method=random", "run_name=gpu-fmnist-random-ipc10"]))["convnet"]
+    out = distill.run(cfg, expert_summary["store"])["set"]
+    curve = pd.read_csv(resolve(out).join("distill_metrics.csv").path)
+    distilled = evaluate.run(cfg, out)["summary"]["convnet"]
+    random = evaluate.run(compose([*overrides, "method=random", "run_name=gpu-fmnist-random-ipc10"]))["summary"]["convnet"]
     row = {"gpu": torch.cuda.get_device_name(), "experts": args.experts, "expert_epochs": args.expert_epochs,
            "experts_s": round(t_experts, 1), "expert_summary": expert_summary, "iterations": args.iterations,
            "s_per_iteration": statistics.median(curve["seconds"].tolist()[1:]), "gpu_mem_mb": float(curve["gpu_mem_mb"].max()),

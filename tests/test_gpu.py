@@ -44,7 +44,7 @@ def test_experts_distill_evaluate_on_cuda(root, unroll):
     assert set(curve["device"]) == {"cuda:0"} and curve["gpu_mem_mb"].max() > 0
     ds = load_set(set_location(cfg))
     assert ds.images.shape == (20, 1, 8, 8) and torch.isfinite(ds.images).all()
-    summary = evaluate_stage.run(cfg)
+    summary = evaluate_stage.run(cfg)["summary"]
     assert summary["convnet"]["mean"] > 30  # 2 images per class of digits: well above chance (10%)
 
 
