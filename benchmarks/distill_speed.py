@@ -82,7 +82,7 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
 
 
 def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
-    """One plain expert epoch (batch 256, DSA, SGD, channels-last as the experts stage runs it) on ``images``
+    """One plain expert epoch (batch 256, DSA, SGD, NCHW as the experts stage runs it) on ``images``
     random 3×32×32 images."""
     import torch
 
@@ -95,7 +95,7 @@ def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     torch.set_num_threads(threads)
     x = torch.randn(images, 3, 32, 32, device=device)
     y = torch.randint(10, (images,), device=device)
-    net = ConvNet(3, 10, 32, width=width).to(device, memory_format=torch.channels_last)
+    net = ConvNet(3, 10, 32, width=width).to(device)
     tic = time.perf_counter()
     spec = ExpertsSpec.from_config(compose(["experts.epochs=1"])["experts"])  # the default plain expert: batch 256, DSA
     train_expert(net, x, y, x[:1000], y[:1000], spec, seed=0)

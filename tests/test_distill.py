@@ -169,8 +169,8 @@ def test_asking_for_gpus_without_any_fails_before_work(root, capsys):
     from raydd.cli import main
 
     code = main(["distill", *TINY, f"storage.root={root}", "method=mtt", "distill.gpus_per_worker=1"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "raydd" in line or "Traceback" in line]
+    assert code == 2 and len(err) == 1  # (this module's Ray runs without a state API: its own log lines are not ours)
     assert err[0].startswith("raydd: error: distill.gpus_per_worker × workers asks for 1 GPUs but the Ray cluster has 0")
 
 

@@ -50,7 +50,8 @@ def test_experts_and_distill_write_their_metrics(tmp_path, session):
     experts_stage.run(cfg)
     store = TrajectoryStore.open(experts_location(cfg))
     for expert in (0, 1):
-        events = scalars(tmp_path / "tracking" / "experts" / "digits-convnet2w8-plain" / f"expert-{expert}")
+        folder = experts_location(cfg).uri.rstrip("/").rsplit("/", 1)[-1]  # <dataset>-<model>-<variant>-<digest>
+        events = scalars(tmp_path / "tracking" / "experts" / folder / f"expert-{expert}")
         acc = store.metrics(expert)["test_acc"]
         assert events["experts/test_acc"] == pytest.approx(dict(enumerate(acc)))
         assert sorted(events["experts/train_loss"]) == [1, 2, 3]

@@ -44,8 +44,7 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
     device = task_device()
     started, cpu = time.time(), time.process_time()
     torch.manual_seed(seed)
-    model = build_model(cfg["model"], spec).to(device, memory_format=torch.channels_last if cfg["channels_last"]
-                                                else torch.contiguous_format)
+    model = build_model(cfg["model"], spec).to(device)  # NCHW: an expert's trajectory is reproducible bit for bit
     pid = os.getpid()
     report = None if progress is None else (lambda epoch, loss, acc: progress.report.remote(expert_id, epoch, pid))
     if progress is not None:
