@@ -27,7 +27,7 @@ from raydd.distill.step import apply_step, compute_gradients, grads_finite, pert
 from raydd.distill.unroll import UnrollSpec, local_sum
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
-from raydd.specs import RunSpec
+from raydd.specs import DistillSpec, RunSpec
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import TrajectoryStore
 

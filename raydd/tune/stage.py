@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import pyarrow.fs as pafs
-import ray
 
 from raydd.config import config_dir
 from raydd.errors import RunError
