@@ -20,6 +20,8 @@ BASELINES = ("random", "full")
 EXPERT_VARIANTS = ("plain", "smooth")
 EXPERT_FORMS = ("full", "convex")
 EXPERT_DTYPES = ("float32", "float16")
+CLIP_MODES = ("scale", "clip")
+PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
 LR_PARAMS = ("plain", "log")
 INITS = ("real", "correct", "kmeans", "kmeans_medoid", "mean")
@@ -102,6 +104,7 @@ class ExpertsSpec:
     num: int
     epochs: int
     lr: float
+    lr_decay: float
     momentum: float
     weight_decay: float
     batch_size: int
@@ -110,8 +113,10 @@ class ExpertsSpec:
     dtype: str
     convex_points: int
     clip_epochs: int
+    clip_mode: str
     clip_value: float
     gradient_penalty: float
+    gradient_penalty_on: str
     cpus_per_expert: float
     gpus_per_expert: float
     max_retries: int
@@ -336,11 +341,16 @@ def check_experts(e: ExpertsSpec) -> None:
     _choice(e.variant, "experts.variant", EXPERT_VARIANTS)
     _choice(e.form, "experts.form", EXPERT_FORMS)
     _choice(e.dtype, "experts.dtype", EXPERT_DTYPES)
+    _choice(e.clip_mode, "experts.clip_mode", CLIP_MODES)
+    _choice(e.gradient_penalty_on, "experts.gradient_penalty_on", PENALTY_TARGETS)
     for key in ("num", "epochs", "batch_size"):
         if getattr(e, key) <= 0:
             raise ConfigError(f"experts.{key} must be positive, got {getattr(e, key)}")
-    if e.lr <= 0:
-        raise ConfigError(f"experts.lr must be positive, got {e.lr}")
+    if e.lr <= 0 or e.lr_decay <= 0:
+        raise ConfigError(f"experts.lr and experts.lr_decay must be positive, got {e.lr} and {e.lr_decay}")
+    if e.clip_epochs < 0 or e.gradient_penalty < 0:
+        raise ConfigError(f"experts.clip_epochs and experts.gradient_penalty must be >= 0, "
+                          f"got {e.clip_epochs} and {e.gradient_penalty}")
     if e.form == "convex" and not 0 <= e.convex_points <= e.epochs - 1:
         raise ConfigError(f"experts.convex_points must be in [0, {e.epochs - 1}] for {e.epochs} epochs, got {e.convex_points}")
     if e.cpus_per_expert <= 0 or e.gpus_per_expert < 0 or e.max_retries < 0:
