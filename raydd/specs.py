@@ -24,6 +24,7 @@ CLIP_MODES = ("scale", "clip")
 PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
 LR_PARAMS = ("plain", "log")
+BALANCES = ("epoch", "class")
 INITS = ("real", "correct", "kmeans", "kmeans_medoid", "mean")
 ENCODERS = ("pixel", "pca", "autoencoder", "vae")
 PROTOTYPES = ("centroid", "medoid")
@@ -158,8 +159,8 @@ class DistillSpec:
     loss_threshold: float | None
     ema: float
     intermediate_weight: float
-    intermediate_points: int
-    balanced_inner_loss: bool
+    intermediate_points: int | None
+    balanced_inner_loss: str | None
     perturb: float
     student_momentum: float
     continuous_start: bool
@@ -357,21 +358,30 @@ def check_experts(e: ExpertsSpec) -> None:
         raise ConfigError("experts.cpus_per_expert must be > 0, gpus_per_expert and max_retries >= 0")
 
 
+def last_start(d: DistillSpec) -> float:
+    """The latest start epoch (its supremum for float starts): the window's upper end is exclusive."""
+    return d.max_start_epoch - (0 if d.continuous_start else 1)
+
+
 def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     """``window``: the start window must fit the experts' epochs (stages that read a store)."""
     _choice(d.unroll, "distill.unroll", UNROLLS)
     _choice(d.init, "distill.init", INITS)
     _choice(d.lr_param, "distill.lr_param", LR_PARAMS)
+    if d.balanced_inner_loss is not None:
+        _choice(d.balanced_inner_loss, "distill.balanced_inner_loss", BALANCES)
+    if d.intermediate_points is not None:
+        _positive_int(d.intermediate_points, "distill.intermediate_points", allow_zero=True)
     if not 0 < d.lr_backoff <= 1 or not 0 <= d.max_rejected_fraction <= 1 or d.temperature <= 0:
         raise ConfigError("distill.lr_backoff must lie in (0, 1], distill.max_rejected_fraction in [0, 1] and "
                           "distill.temperature must be positive")
-    if window and (d.min_start_epoch > d.max_start_epoch or d.max_start_epoch + d.expert_epochs > expert_epochs):
-        raise ConfigError(f"distill start window [{d.min_start_epoch}, {d.max_start_epoch}] + expert_epochs "
-                          f"{d.expert_epochs} must lie within experts.epochs={expert_epochs}")
+    if window and (d.min_start_epoch >= d.max_start_epoch or last_start(d) + d.expert_epochs > expert_epochs):
+        raise ConfigError(f"distill start window [{d.min_start_epoch}, {d.max_start_epoch}) + expert_epochs "
+                          f"{d.expert_epochs} must lie within experts.epochs={expert_epochs} and be non-empty")
     init = d.max_start_epoch_init
-    if init is not None and not d.min_start_epoch <= init <= d.max_start_epoch:
-        raise ConfigError(f"distill.max_start_epoch_init={init} must lie in [min_start_epoch, max_start_epoch] "
-                          f"= [{d.min_start_epoch}, {d.max_start_epoch}]")
+    if init is not None and not d.min_start_epoch < init <= d.max_start_epoch:
+        raise ConfigError(f"distill.max_start_epoch_init={init} must lie in (min_start_epoch, max_start_epoch] "
+                          f"= ({d.min_start_epoch}, {d.max_start_epoch}]")
     if d.iterations <= 0 or d.syn_steps <= 0 or d.expert_epochs <= 0:
         raise ConfigError("distill.iterations, distill.syn_steps and distill.expert_epochs must be positive")
     if d.batch_syn is not None:

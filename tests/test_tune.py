@@ -57,7 +57,7 @@ def test_space_from_nested_and_dotted_keys(tmp_path):
     ("{distill.lr_img:{grid:[]}}", "non-empty list"),
     ("{distill:{lr_img:{grid:[1],choice:[2]}}}", "exactly one domain kind"),
     ("{ipc:{grid:[1,0]}}", "ipc must be a positive integer"),
-    ("{distill.max_start_epoch:{grid:[1,4]}}", "must lie within experts.epochs=4"),
+    ("{distill.max_start_epoch:{grid:[1,5]}}", "must lie within experts.epochs=4"),
 ])
 def test_bad_space_fails_before_any_work(tmp_path, space, message):
     cfg = tiny(tmp_path, *([f"tune.space={space}"] if space else []))

@@ -141,7 +141,8 @@ def train_fn(config: dict[str, Any]) -> None:
         expert_start = store.params(seg.expert, seg.start).to(device)
         student_start = perturb(expert_start, net.layout, d.perturb, gen)
         loss = compute_gradients(state, shards, labels, rank, net, student_start,
-                                 segment_targets(store, seg, expert_start), d, unroll_spec, gen, reduce)
+                                 segment_targets(store, seg, expert_start), d, unroll_spec, gen, reduce,
+                                 seg.inner_scale)
         bad = torch.tensor(0.0 if grads_finite(state) else 1.0, device=device)
         finite = bool(reduce(bad) == 0)
         try:
