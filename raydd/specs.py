@@ -338,6 +338,17 @@ def _choice(value: Any, key: str, options: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {key} {value!r}; choose {' or '.join(options) if len(options) == 2 else 'one of ' + ', '.join(options)}")
 
 
+def _dsa_strategy(value: str | None, key: str) -> None:
+    """null (the reference's strategy), or transform groups the DSA module knows, joined by ``_``."""
+    from raydd.core.dsa import parse_strategy  # torch: only when a strategy is set
+
+    if value is not None:
+        try:
+            parse_strategy(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
 def check_experts(e: ExpertsSpec) -> None:
     _choice(e.variant, "experts.variant", EXPERT_VARIANTS)
     _choice(e.form, "experts.form", EXPERT_FORMS)
@@ -368,6 +379,7 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     _choice(d.unroll, "distill.unroll", UNROLLS)
     _choice(d.init, "distill.init", INITS)
     _choice(d.lr_param, "distill.lr_param", LR_PARAMS)
+    _dsa_strategy(d.dsa_strategy, "distill.dsa_strategy")
     if d.balanced_inner_loss is not None:
         _choice(d.balanced_inner_loss, "distill.balanced_inner_loss", BALANCES)
     if d.intermediate_points is not None:
@@ -414,6 +426,7 @@ def check_quantize_data(q: QuantizeSpec, channels: int, image_size: int, dataset
 
 
 def check_evaluate(ev: EvaluateSpec) -> None:
+    _dsa_strategy(ev.dsa_strategy, "evaluate.dsa_strategy")
     if ev.num_models <= 0 or ev.epochs <= 0:
         raise ConfigError("evaluate.num_models and evaluate.epochs must be positive")
     if ev.lr <= 0 or ev.batch_size <= 0:

@@ -13,7 +13,7 @@ from raydd.distill.matching import matching_loss
 from raydd.distill.sampling import balance_scale, interior_points, sample_segment, start_window
 from raydd.distill.sharding import ShardMap, plan_steps, shard_indices
 from raydd.distill.state import ShardState, make_optimizers
-from raydd.distill.step import apply_step
+from raydd.distill.step import apply_step, unroll_spec
 from raydd.distill.unroll import Targets, UnrollSpec, unroll
 from raydd.models.convnet import ConvNet
 from raydd.models.functional import FlatModel, flatten_params
@@ -200,6 +200,12 @@ def test_intermediate_targets_pair_epoch_e_with_step_n_over_m_times_e_as_the_ref
     seg = sample_segment(0, [0], replace(ast, intermediate_points=None), torch.Generator().manual_seed(0))
     assert seg.target_epochs == [seg.start + 1, seg.start + 2, seg.start + 3] and seg.target_steps == [6, 12, 20]
     assert seg.weights == [1.0, 1.0, 1.0]
+
+
+def test_temperature_and_dsa_strategy_reach_the_inner_loop():
+    d = DistillSpec.from_config(compose(["distill.temperature=2.5", "distill.dsa_strategy=crop_flip",
+                                         "distill.student_momentum=0.9", "distill.unroll=constant_memory"])["distill"])
+    assert unroll_spec(d) == UnrollSpec(momentum=0.9, dsa=True, dsa_strategy="crop_flip", temperature=2.5, keep_graph=False)
 
 
 def starts(d: DistillSpec, iteration: int = 0, draws: int = 400) -> set[float]:

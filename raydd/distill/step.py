@@ -34,6 +34,12 @@ def perturb(theta: Tensor, layout, scale: float, gen: torch.Generator) -> Tensor
     return torch.cat(parts)
 
 
+def unroll_spec(d: DistillSpec) -> UnrollSpec:
+    """The inner loop's settings: student momentum, DSA (strategy), soft-label temperature, unroll kind."""
+    return UnrollSpec(momentum=d.student_momentum, dsa=d.dsa, dsa_strategy=d.dsa_strategy, temperature=d.temperature,
+                      keep_graph=d.unroll == "plain")
+
+
 def compute_gradients(state: ShardState, shards: ShardMap, labels: Tensor, rank: int, net: FlatModel, start: Tensor,
                       targets: Targets, d: DistillSpec, spec: UnrollSpec, gen: torch.Generator,
                       reduce: Reduce, inner_scale: float = 1.0) -> float:
