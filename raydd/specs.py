@@ -340,9 +340,9 @@ def _choice(value: Any, key: str, options: tuple[str, ...]) -> None:
 
 def _dsa_strategy(value: str | None, key: str) -> None:
     """null (the reference's strategy), or transform groups the DSA module knows, joined by ``_``."""
-    from raydd.core.dsa import parse_strategy  # torch: only when a strategy is set
-
     if value is not None:
+        from raydd.core.dsa import parse_strategy  # torch: only when a strategy is set
+
         try:
             parse_strategy(value)
         except ValueError as e:
