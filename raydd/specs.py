@@ -20,8 +20,11 @@ BASELINES = ("random", "full")
 EXPERT_VARIANTS = ("plain", "smooth")
 EXPERT_FORMS = ("full", "convex")
 EXPERT_DTYPES = ("float32", "float16")
+CLIP_MODES = ("scale", "clip")
+PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
 LR_PARAMS = ("plain", "log")
+BALANCES = ("epoch", "class")
 INITS = ("real", "correct", "kmeans", "kmeans_medoid", "mean")
 ENCODERS = ("pixel", "pca", "autoencoder", "vae")
 PROTOTYPES = ("centroid", "medoid")
@@ -102,6 +105,7 @@ class ExpertsSpec:
     num: int
     epochs: int
     lr: float
+    lr_decay: float
     momentum: float
     weight_decay: float
     batch_size: int
@@ -110,8 +114,10 @@ class ExpertsSpec:
     dtype: str
     convex_points: int
     clip_epochs: int
+    clip_mode: str
     clip_value: float
     gradient_penalty: float
+    gradient_penalty_on: str
     cpus_per_expert: float
     gpus_per_expert: float
     max_retries: int
@@ -153,8 +159,8 @@ class DistillSpec:
     loss_threshold: float | None
     ema: float
     intermediate_weight: float
-    intermediate_points: int
-    balanced_inner_loss: bool
+    intermediate_points: int | None
+    balanced_inner_loss: str | None
     perturb: float
     student_momentum: float
     continuous_start: bool
@@ -332,19 +338,40 @@ def _choice(value: Any, key: str, options: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {key} {value!r}; choose {' or '.join(options) if len(options) == 2 else 'one of ' + ', '.join(options)}")
 
 
+def _dsa_strategy(value: str | None, key: str) -> None:
+    """null (the reference's strategy), or transform groups the DSA module knows, joined by ``_``."""
+    if value is not None:
+        from raydd.core.dsa import parse_strategy  # torch: only when a strategy is set
+
+        try:
+            parse_strategy(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
 def check_experts(e: ExpertsSpec) -> None:
     _choice(e.variant, "experts.variant", EXPERT_VARIANTS)
     _choice(e.form, "experts.form", EXPERT_FORMS)
     _choice(e.dtype, "experts.dtype", EXPERT_DTYPES)
+    _choice(e.clip_mode, "experts.clip_mode", CLIP_MODES)
+    _choice(e.gradient_penalty_on, "experts.gradient_penalty_on", PENALTY_TARGETS)
     for key in ("num", "epochs", "batch_size"):
         if getattr(e, key) <= 0:
             raise ConfigError(f"experts.{key} must be positive, got {getattr(e, key)}")
-    if e.lr <= 0:
-        raise ConfigError(f"experts.lr must be positive, got {e.lr}")
+    if e.lr <= 0 or e.lr_decay <= 0:
+        raise ConfigError(f"experts.lr and experts.lr_decay must be positive, got {e.lr} and {e.lr_decay}")
+    if e.clip_epochs < 0 or e.gradient_penalty < 0:
+        raise ConfigError(f"experts.clip_epochs and experts.gradient_penalty must be >= 0, "
+                          f"got {e.clip_epochs} and {e.gradient_penalty}")
     if e.form == "convex" and not 0 <= e.convex_points <= e.epochs - 1:
         raise ConfigError(f"experts.convex_points must be in [0, {e.epochs - 1}] for {e.epochs} epochs, got {e.convex_points}")
     if e.cpus_per_expert <= 0 or e.gpus_per_expert < 0 or e.max_retries < 0:
         raise ConfigError("experts.cpus_per_expert must be > 0, gpus_per_expert and max_retries >= 0")
+
+
+def last_start(d: DistillSpec) -> float:
+    """The latest start epoch (its supremum for float starts): the window's upper end is exclusive."""
+    return d.max_start_epoch - (0 if d.continuous_start else 1)
 
 
 def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
@@ -352,16 +379,21 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     _choice(d.unroll, "distill.unroll", UNROLLS)
     _choice(d.init, "distill.init", INITS)
     _choice(d.lr_param, "distill.lr_param", LR_PARAMS)
+    _dsa_strategy(d.dsa_strategy, "distill.dsa_strategy")
+    if d.balanced_inner_loss is not None:
+        _choice(d.balanced_inner_loss, "distill.balanced_inner_loss", BALANCES)
+    if d.intermediate_points is not None:
+        _positive_int(d.intermediate_points, "distill.intermediate_points", allow_zero=True)
     if not 0 < d.lr_backoff <= 1 or not 0 <= d.max_rejected_fraction <= 1 or d.temperature <= 0:
         raise ConfigError("distill.lr_backoff must lie in (0, 1], distill.max_rejected_fraction in [0, 1] and "
                           "distill.temperature must be positive")
-    if window and (d.min_start_epoch > d.max_start_epoch or d.max_start_epoch + d.expert_epochs > expert_epochs):
-        raise ConfigError(f"distill start window [{d.min_start_epoch}, {d.max_start_epoch}] + expert_epochs "
-                          f"{d.expert_epochs} must lie within experts.epochs={expert_epochs}")
+    if window and (d.min_start_epoch >= d.max_start_epoch or last_start(d) + d.expert_epochs > expert_epochs):
+        raise ConfigError(f"distill start window [{d.min_start_epoch}, {d.max_start_epoch}) + expert_epochs "
+                          f"{d.expert_epochs} must lie within experts.epochs={expert_epochs} and be non-empty")
     init = d.max_start_epoch_init
-    if init is not None and not d.min_start_epoch <= init <= d.max_start_epoch:
-        raise ConfigError(f"distill.max_start_epoch_init={init} must lie in [min_start_epoch, max_start_epoch] "
-                          f"= [{d.min_start_epoch}, {d.max_start_epoch}]")
+    if init is not None and not d.min_start_epoch < init <= d.max_start_epoch:
+        raise ConfigError(f"distill.max_start_epoch_init={init} must lie in (min_start_epoch, max_start_epoch] "
+                          f"= ({d.min_start_epoch}, {d.max_start_epoch}]")
     if d.iterations <= 0 or d.syn_steps <= 0 or d.expert_epochs <= 0:
         raise ConfigError("distill.iterations, distill.syn_steps and distill.expert_epochs must be positive")
     if d.batch_syn is not None:
@@ -394,6 +426,7 @@ def check_quantize_data(q: QuantizeSpec, channels: int, image_size: int, dataset
 
 
 def check_evaluate(ev: EvaluateSpec) -> None:
+    _dsa_strategy(ev.dsa_strategy, "evaluate.dsa_strategy")
     if ev.num_models <= 0 or ev.epochs <= 0:
         raise ConfigError("evaluate.num_models and evaluate.epochs must be positive")
     if ev.lr <= 0 or ev.batch_size <= 0:

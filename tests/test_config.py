@@ -80,6 +80,8 @@ BAD = {
     "parquet without uri": (["evaluate", "dataset=parquet"], "missing mandatory value dataset.uri"),
     "unknown stage": (["destill"], "unknown stage 'destill'; choose one of data, experts"),
     "bad unroll": (["distill", "distill.unroll=recursive"], "unknown distill.unroll 'recursive'; choose plain or constant_memory"),
+    "bad dsa strategy": (["distill", "distill.dsa_strategy=crop_blur"], "distill.dsa_strategy: unknown DSA transform 'blur'"),
+    "bad temperature": (["distill", "distill.temperature=0"], "distill.lr_backoff must lie in (0, 1]"),
     "unknown key": (["evaluate", "evaluate.epoch=3"], "Could not override 'evaluate.epoch'"),
     "data without out": (["data", "dataset=digits"], "raydd data needs data.out"),
     "data from parquet": (["data", "dataset=parquet", "dataset.uri=/tmp/x", "data.out=/tmp/y"],

@@ -10,14 +10,14 @@ from raydd.config import compose
 from raydd.core.train import per_sample_loss
 from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.matching import matching_loss
-from raydd.distill.sampling import interior_points, sample_segment, start_window
+from raydd.distill.sampling import balance_scale, interior_points, sample_segment, start_window
 from raydd.distill.sharding import ShardMap, plan_steps, shard_indices
 from raydd.distill.state import ShardState, make_optimizers
-from raydd.distill.step import apply_step
+from raydd.distill.step import apply_step, unroll_spec
 from raydd.distill.unroll import Targets, UnrollSpec, unroll
 from raydd.models.convnet import ConvNet
 from raydd.models.functional import FlatModel, flatten_params
-from raydd.specs import DistillSpec
+from raydd.specs import ConfigError, DistillSpec, check_distill
 
 D = replace(DistillSpec.from_config(compose([])["distill"]), min_start_epoch=0, max_start_epoch=10,
             max_start_epoch_init=2, window_grow_iters=100, syn_steps=12, expert_epochs=2, intermediate_points=1,
@@ -177,10 +177,10 @@ def test_segments_respect_window_and_intermediate_points():
     for it in range(0, 200, 7):
         seg = sample_segment(it, [3, 4], D, gen)
         lo, hi = start_window(it, D)
-        assert lo <= seg.start <= hi and seg.start == int(seg.start)
+        assert lo <= seg.start < hi and seg.start == int(seg.start)
         assert seg.expert in (3, 4)
         assert seg.target_epochs == [seg.start + 1, seg.start + 2] and seg.target_steps == [6, 12]
-        assert seg.weights == [0.5, 1.0]
+        assert seg.weights == [0.5, 1.0] and seg.inner_scale == 1.0
     seg = sample_segment(0, [0], replace(D, expert_epochs=1), gen)  # no integer epoch strictly inside: final target only
     assert seg.target_epochs == [seg.start + 1] and seg.target_steps == [12]
     seg = sample_segment(0, [0], replace(D, continuous_start=True, window_grow_iters=0), gen)
@@ -188,6 +188,59 @@ def test_segments_respect_window_and_intermediate_points():
     assert interior_points(D) == [(1.0, 6)] and interior_points(replace(D, expert_epochs=1)) == []
     assert interior_points(replace(D, expert_epochs=1, continuous_start=True)) == [(0.5, 6)]
     assert interior_points(replace(D, intermediate_weight=0.0)) == []
+
+
+def test_intermediate_targets_pair_epoch_e_with_step_n_over_m_times_e_as_the_reference():
+    """AST's distill.py: epoch t + e is matched after (syn_steps // expert_epochs)·e steps, e = 1..M − 1."""
+    ast = replace(D, syn_steps=20, expert_epochs=3, intermediate_weight=1.0)
+    assert interior_points(replace(ast, intermediate_points=None)) == [(1.0, 6), (2.0, 12)]
+    assert interior_points(replace(ast, intermediate_points=2)) == [(1.0, 6), (2.0, 12)]
+    assert interior_points(replace(ast, intermediate_points=1)) == [(1.0, 6)]  # not epoch 2 at step 10
+    assert interior_points(replace(ast, expert_epochs=4, intermediate_points=1)) == [(2.0, 10)]
+    seg = sample_segment(0, [0], replace(ast, intermediate_points=None), torch.Generator().manual_seed(0))
+    assert seg.target_epochs == [seg.start + 1, seg.start + 2, seg.start + 3] and seg.target_steps == [6, 12, 20]
+    assert seg.weights == [1.0, 1.0, 1.0]
+
+
+def test_temperature_and_dsa_strategy_reach_the_inner_loop():
+    d = DistillSpec.from_config(compose(["distill.temperature=2.5", "distill.dsa_strategy=crop_flip",
+                                         "distill.student_momentum=0.9", "distill.unroll=constant_memory"])["distill"])
+    assert unroll_spec(d) == UnrollSpec(momentum=0.9, dsa=True, dsa_strategy="crop_flip", temperature=2.5, keep_graph=False)
+
+
+def starts(d: DistillSpec, iteration: int = 0, draws: int = 400) -> set[float]:
+    gen = torch.Generator().manual_seed(1)
+    return {sample_segment(iteration, [0], d, gen).start for _ in range(draws)}
+
+
+def test_start_window_upper_end_is_exclusive_as_the_references_randint():
+    """MTT/AST: np.random.randint(0, max_start_epoch); DATM: randint(min_start, init + int((max − init)·it/grow))."""
+    assert starts(replace(D, max_start_epoch=3, window_grow_iters=0)) == {0.0, 1.0, 2.0}
+    assert starts(D) == {0.0, 1.0}                                   # DATM, iteration 0: [0, 2)
+    assert starts(D, iteration=30) == {0.0, 1.0, 2.0, 3.0}           # 2 + int(8·30/100) = 4
+    grown = replace(D, max_start_epoch=55, max_start_epoch_init=0, window_grow_iters=11)
+    assert start_window(3, grown) == (0.0, 15.0)  # 55·3/11, not (3/11)·55 = 14.999…
+    with pytest.raises(ConfigError, match="non-empty"):
+        check_distill(replace(D, min_start_epoch=3, max_start_epoch=3, max_start_epoch_init=None), 10, window=True)
+    check_distill(replace(D, max_start_epoch=9, max_start_epoch_init=None, expert_epochs=1), 9, window=True)  # last start 8
+    with pytest.raises(ConfigError, match="max_start_epoch_init"):
+        check_distill(replace(D, max_start_epoch_init=0), 20, window=True)
+
+
+def test_balanced_inner_loss_scales_by_the_start_epoch_as_the_reference():
+    """distill.py --balance_loss, h = max_start_epoch // 2 = 10: t ≥ h: ×log₅(t − h + 8), else ÷log₅(h − t + 8)."""
+    assert balance_scale(0, 20) == pytest.approx(1 / 1.7958889)   # ÷ log₅ 18
+    assert balance_scale(9, 20) == pytest.approx(1 / 1.3652124)   # ÷ log₅ 9
+    assert balance_scale(10, 20) == pytest.approx(1.2920297)      # × log₅ 8
+    assert balance_scale(19, 20) == pytest.approx(1.7603744)      # × log₅ 17
+    d = replace(D, balanced_inner_loss="epoch", max_start_epoch=20, window_grow_iters=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        seg = sample_segment(0, [0], d, gen)
+        assert seg.inner_scale == balance_scale(seg.start, 20)
+    labels = torch.arange(4).repeat(3)
+    plan = plan_steps(labels, ShardMap.of(labels, 1), 0, 3, None, False, gen, scale=0.75)
+    assert all(float(st.weights.sum()) == pytest.approx(0.75) for st in plan)
 
 
 @pytest.mark.parametrize("ipc,world", [(1, 2), (10, 2), (7, 3), (50, 4)])

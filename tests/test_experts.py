@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -17,7 +18,8 @@ from raydd.core.images import to_model_space
 from raydd.data.registry import load_dataset
 from raydd.experts.progress import PROGRESS_PREFIX
 from raydd.experts.stage import run
-from raydd.experts.train import clip_loss, gradient_penalty, objective, train_expert
+from raydd.experts.train import (clip_loss, clip_scale, epoch_lr, input_gradient_penalty, objective,
+                                 param_gradient_penalty, train_expert)
 from raydd.experts.worker import expert_seed
 from raydd.models.functional import flatten_params
 from raydd.models.registry import build_model
@@ -46,34 +48,78 @@ def test_clip_loss_caps_value_and_scales_gradient():
     assert unclipped.item() == pytest.approx(0.09) and w.grad.item() == pytest.approx(0.06)
 
 
-def test_gradient_penalty_is_the_squared_gradient_norm_and_differentiable():
+def test_param_gradient_penalty_is_the_squared_gradient_norm_and_differentiable():
     w = torch.tensor([1.0, -2.0], requires_grad=True)
     loss = 1.5 * w.square().sum()  # ∇ = 3w, ‖∇‖² = 9‖w‖² = 45
-    penalty = gradient_penalty(loss, [w])
+    penalty = param_gradient_penalty(loss, [w])
     assert penalty.item() == pytest.approx(45.0)
     penalty.backward()
     torch.testing.assert_close(w.grad, 18 * w.detach())
 
 
-def test_smooth_objective_clips_early_epochs_and_adds_the_penalty():
-    spec = experts_spec("experts.variant=smooth", "experts.clip_epochs=2", "experts.clip_value=0.5",
-                        "experts.gradient_penalty=0.1")
-    w = torch.tensor([1.0, 2.0], requires_grad=True)
+def linear_net() -> torch.nn.Module:
+    """logits = W·flatten(x) on 2-channel 1×2 images: ∂Σlogits/∂x is W's column sums, (3, 0 | 3, 1)."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, 0.0, 2.0, 0.0], [2.0, 0.0, 1.0, 1.0]]))
+    return net
+
+
+def test_input_gradient_penalty_is_the_references_per_pixel_channel_norm():
+    """AST's epoch_gp: ((‖∂Σlogits/∂x‖ over dim 1) − 1)², averaged; pixel 0 has norm √(3²+3²), pixel 1 √(0²+1²)."""
+    net, x = linear_net(), torch.randn(3, 2, 1, 2)
+    penalty = input_gradient_penalty(net, x)
+    assert penalty.item() == pytest.approx((math.sqrt(18) - 1) ** 2 / 2)  # (19 − 6√2)/2
+    penalty.backward()  # ∂/∂W[k, 0] = ∂/∂W[k, 2] = ½·2(√18 − 1)·3/√18 = 3 − 1/√2; W[k, 1], W[k, 3] at norm 1: 0
+    g = 3 - 1 / math.sqrt(2)
+    torch.testing.assert_close(net[1].weight.grad, torch.tensor([[g, 0.0, g, 0.0]] * 2))
+
+
+def test_clip_schedule_is_the_references():
+    assert [round(clip_scale(e, 10), 10) for e in range(10)] == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+
+
+def test_smooth_objective_scales_early_epochs_and_adds_the_input_penalty():
+    spec = experts_spec("method=ast")
+    assert (spec.clip_mode, spec.clip_epochs, spec.gradient_penalty, spec.gradient_penalty_on) == ("scale", 10, 2.0, "input")
+    net, x = linear_net(), torch.randn(3, 2, 1, 2)
+    loss = torch.tensor(4.0)
+    gp = 2.0 * (math.sqrt(18) - 1) ** 2 / 2
+    assert objective(loss, net, x, spec, epoch=3).item() == pytest.approx(4.0 * 0.65 + gp)
+    assert objective(loss, net, x, spec, epoch=10).item() == pytest.approx(4.0 + gp)
+    assert objective(loss, net, x, experts_spec(), epoch=0) is loss
+
+
+def test_smooth_objective_clip_mode_and_params_penalty():
+    spec = experts_spec("experts.variant=smooth", "experts.clip_epochs=2", "experts.clip_mode=clip",
+                        "experts.clip_value=0.5", "experts.gradient_penalty=0.1", "experts.gradient_penalty_on=params")
+    net = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    w = net.weight
     loss = w.square().sum()  # 5, ∇ = 2w
-    early = objective(loss, [w], spec, epoch=1)
+    early = objective(loss, net, torch.zeros(1, 2), spec, epoch=1)
     assert early.item() == pytest.approx(0.5 + 0.1 * (0.5 / 5) ** 2 * 4 * 5)
-    late = objective(loss, [w], spec, epoch=2)
+    late = objective(loss, net, torch.zeros(1, 2), spec, epoch=2)
     assert late.item() == pytest.approx(5 + 0.1 * 4 * 5)
-    assert objective(loss, [w], experts_spec(), epoch=0) is loss
+
+
+def test_ast_expert_lr_decays_by_0_6_after_half_the_epochs():
+    """buffer.py: lr_schedule = [epochs // 2 + 1], checked after that (0-based) epoch: 27 epochs at 0.003, 23 at 0.0018."""
+    spec = experts_spec("method=ast", "experts.epochs=50")
+    assert (spec.lr, spec.momentum, spec.weight_decay) == (0.003, 0.9, 0.001)
+    lrs = [epoch_lr(spec, e) for e in range(50)]
+    assert lrs[:27] == [0.003] * 27 and lrs[27:] == [pytest.approx(0.0018)] * 23
+    assert {epoch_lr(experts_spec(), e) for e in range(6)} == {0.01}
 
 
 @pytest.mark.parametrize("variant", ["plain", "smooth"])
 def test_train_expert_snapshots_and_is_deterministic(variant):
     cfg = compose(["dataset=digits", "model.width=8"])
     spec, train, test = load_dataset(cfg["dataset"])
-    espec = experts_spec(f"experts.variant={variant}", "experts.epochs=2", "experts.lr=0.05", "experts.batch_size=64",
+    espec = experts_spec(f"experts.variant={variant}", "experts.epochs=4", "experts.lr=0.05", "experts.batch_size=64",
                          f"experts.momentum={0.9 if variant == 'smooth' else 0.0}", "experts.clip_epochs=1",
-                         "experts.clip_value=1.0", "experts.gradient_penalty=0.01")
+                         "experts.gradient_penalty=0.01", "experts.lr_decay=0.6")  # decays for the last (0-based 3)
 
     train, test = train.subset(torch.arange(512)), test.subset(torch.arange(128))
 
@@ -91,10 +137,10 @@ def test_train_expert_snapshots_and_is_deterministic(variant):
         _, run2 = once()
     finally:
         torch.set_num_threads(threads)
-    assert run1.snapshots.shape == (3, init.numel()) and torch.equal(run1.snapshots[0], init)
+    assert run1.snapshots.shape == (5, init.numel()) and torch.equal(run1.snapshots[0], init)
     assert torch.equal(run1.snapshots, run2.snapshots)
     assert not torch.equal(run1.snapshots[1], run1.snapshots[2])
-    assert run1.train_loss[0] is None and all(loss > 0 for loss in run1.train_loss[1:]) and len(run1.test_acc) == 3
+    assert run1.train_loss[0] is None and all(loss > 0 for loss in run1.train_loss[1:]) and len(run1.test_acc) == 5
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_space_from_nested_and_dotted_keys(tmp_path):
     ("{distill.lr_img:{grid:[]}}", "non-empty list"),
     ("{distill:{lr_img:{grid:[1],choice:[2]}}}", "exactly one domain kind"),
     ("{ipc:{grid:[1,0]}}", "ipc must be a positive integer"),
-    ("{distill.max_start_epoch:{grid:[1,4]}}", "must lie within experts.epochs=4"),
+    ("{distill.max_start_epoch:{grid:[1,5]}}", "must lie within experts.epochs=4"),
 ])
 def test_bad_space_fails_before_any_work(tmp_path, space, message):
     cfg = tiny(tmp_path, *([f"tune.space={space}"] if space else []))
@@ -79,7 +79,7 @@ def test_bad_sweep_options_fail_fast(tmp_path, overrides, message):
 
 
 def test_swept_expert_settings_get_their_own_stores(tmp_path):
-    base = tiny(tmp_path, "method=ast", "tune.space={experts.gradient_penalty:{grid:[0.0,0.01]},ipc:{grid:[1,2]}}")
+    base = tiny(tmp_path, "method=ast", "tune.space={experts.gradient_penalty:{grid:[0.0,2.0]},ipc:{grid:[1,2]}}")
     configs = store_configs(parse_space(base), base)
     stores = [experts_location(c).uri for c in configs]
     assert len(stores) == 2 and len(set(stores)) == 2
@@ -235,7 +235,7 @@ def test_interrupted_four_trial_sweep_resumes(tmp_path, ray_session):
 @pytest.mark.slow
 def test_swept_gradient_penalty_trains_and_reads_one_store_per_value(tmp_path, ray_session):
     cfg = tiny(tmp_path, "method=ast", "ipc=2", "distill.iterations=4", "tune.scheduler=fifo", "tune.name=gp",
-               "evaluate.epochs=10", "tune.space={experts.gradient_penalty:{grid:[0.01,0.1]}}")
+               "evaluate.epochs=10", "tune.space={experts.gradient_penalty:{grid:[0.1,2.0]}}")
     out = tune_stage.run(cfg)
     assert out["completed"] == 2
     stores = {load_set(resolve(r["set"])).meta["experts"] for r in out["rows"]}

@@ -41,7 +41,8 @@ class InnerStep:
 
     ``rows`` index the worker's shard; ``positions`` say where those images sit in the whole
     mini-batch of ``size`` (so DSA gives them the transforms they get there); ``weights`` are
-    their loss weights, which sum to 1 over the whole mini-batch.
+    their loss weights, which sum to the segment's inner-loss scale (1 but for AST's balanced
+    inner loss) over the whole mini-batch.
     """
 
     rows: Tensor
@@ -52,7 +53,8 @@ class InnerStep:
 
 
 def batch_weights(labels: Tensor, balanced: bool) -> Tensor:
-    """Per-sample loss weights of a mini-batch: 1/B each, or (``balanced``) equal total weight per class."""
+    """Per-sample loss weights of a mini-batch: 1/B each, or (``balanced``) equal total weight per class
+    (the same with whole-set batches of equal classes)."""
     if not balanced:
         return torch.full(labels.shape, 1.0 / labels.numel())
     w = 1.0 / torch.bincount(labels)[labels].float()
@@ -60,11 +62,11 @@ def batch_weights(labels: Tensor, balanced: bool) -> Tensor:
 
 
 def plan_steps(labels: Tensor, shards: ShardMap, rank: int, syn_steps: int, batch: int | None, balanced: bool,
-               gen: torch.Generator) -> list[InnerStep]:
+               gen: torch.Generator, scale: float = 1.0) -> list[InnerStep]:
     """``rank``'s share of mini-batches that cycle through random permutations of the whole set.
 
     Every worker draws the same global plan from the same generator state, so the union of
-    their shares is one mini-batch of the whole set per step.
+    their shares is one mini-batch of the whole set per step. ``scale`` multiplies every weight.
     """
     n = labels.numel()
     batch = min(batch or n, n)
@@ -74,6 +76,6 @@ def plan_steps(labels: Tensor, shards: ShardMap, rank: int, syn_steps: int, batc
             order = torch.cat([order, torch.randperm(n, generator=gen)])
         chosen, order = order[:batch], order[batch:]
         mine = (shards.owner[chosen] == rank).nonzero().squeeze(1)
-        steps.append(InnerStep(shards.local[chosen[mine]], mine, batch_weights(labels[chosen], balanced)[mine],
+        steps.append(InnerStep(shards.local[chosen[mine]], mine, scale * batch_weights(labels[chosen], balanced)[mine],
                                batch, int(torch.randint(2**31 - 1, (1,), generator=gen))))
     return steps

@@ -26,7 +26,7 @@ from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
-from raydd.specs import ConfigError, DistillSpec
+from raydd.specs import ConfigError, DistillSpec, last_start
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable, resolve
 from raydd.storage.layout import experts_location, model_tag, root, run_name, set_location
@@ -47,8 +47,8 @@ def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryS
         raise ConfigError(f"the expert store {loc.uri} was made for {made_for[0]} with {made_for[1]}, not "
                           f"{cfg['dataset']['name']} with {model_tag(cfg['model'])}: choose its dataset/model or another experts.store")
     d = DistillSpec.from_config(cfg["distill"])
-    if d.max_start_epoch + d.expert_epochs > store.epochs:
-        raise ConfigError(f"distill.max_start_epoch + expert_epochs = {d.max_start_epoch + d.expert_epochs} "
+    if last_start(d) + d.expert_epochs > store.epochs:
+        raise ConfigError(f"distill's last start epoch + expert_epochs = {last_start(d) + d.expert_epochs:g} "
                           f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
     if d.continuous_start and store.meta.get("form") != "convex":
         raise ConfigError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")

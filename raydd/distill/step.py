@@ -34,16 +34,23 @@ def perturb(theta: Tensor, layout, scale: float, gen: torch.Generator) -> Tensor
     return torch.cat(parts)
 
 
+def unroll_spec(d: DistillSpec) -> UnrollSpec:
+    """The inner loop's settings: student momentum, DSA (strategy), soft-label temperature, unroll kind."""
+    return UnrollSpec(momentum=d.student_momentum, dsa=d.dsa, dsa_strategy=d.dsa_strategy, temperature=d.temperature,
+                      keep_graph=d.unroll == "plain")
+
+
 def compute_gradients(state: ShardState, shards: ShardMap, labels: Tensor, rank: int, net: FlatModel, start: Tensor,
                       targets: Targets, d: DistillSpec, spec: UnrollSpec, gen: torch.Generator,
-                      reduce: Reduce) -> float:
+                      reduce: Reduce, inner_scale: float = 1.0) -> float:
     """Fill ``.grad`` of the shard's images, the lr (and soft labels); return the matching loss.
 
     ``labels`` are the whole set's labels: every worker draws the same mini-batches of the whole set.
+    ``inner_scale`` multiplies the inner loss (the segment's, AST's balanced inner loss).
     """
     for leaf in state.leaves():
         leaf.grad = None
-    plan = plan_steps(labels, shards, rank, d.syn_steps, d.batch_syn, d.balanced_inner_loss, gen)
+    plan = plan_steps(labels, shards, rank, d.syn_steps, d.batch_syn, d.balanced_inner_loss == "class", gen, inner_scale)
     result = unroll(net, state.images, state.labels, state.soft, state.lr, start, plan, targets, spec, reduce)
     state.set_lr_grad(result.lr_grad)
     return float(result.loss)

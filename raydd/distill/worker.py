@@ -23,8 +23,8 @@ from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.sampling import sample_segment
 from raydd.distill.sharding import ShardMap
 from raydd.distill.state import ShardState, load_shard, make_optimizers, new_state, save_shard
-from raydd.distill.step import apply_step, compute_gradients, grads_finite, perturb, segment_targets
-from raydd.distill.unroll import UnrollSpec, local_sum
+from raydd.distill.step import apply_step, compute_gradients, grads_finite, perturb, segment_targets, unroll_spec
+from raydd.distill.unroll import local_sum
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.specs import DistillSpec, RunSpec
@@ -127,8 +127,7 @@ def train_fn(config: dict[str, Any]) -> None:
         state = fresh_state(init, shards, d, rank, device)
         opts = make_optimizers(state, d)
         gen = torch.Generator().manual_seed(run.seed * 7919)  # one stream on every worker: one student trajectory
-    unroll_spec = UnrollSpec(momentum=d.student_momentum, dsa=d.dsa, dsa_strategy=d.dsa_strategy,
-                             temperature=d.temperature, keep_graph=d.unroll == "plain")
+    inner = unroll_spec(d)
     test = ray.get(config["test"]) if rank == 0 and config["test"] else None
     bar = tqdm(total=d.iterations, desc="distill", position=0) if rank == 0 and config["progress"] else None
     if bar:
@@ -141,7 +140,8 @@ def train_fn(config: dict[str, Any]) -> None:
         expert_start = store.params(seg.expert, seg.start).to(device)
         student_start = perturb(expert_start, net.layout, d.perturb, gen)
         loss = compute_gradients(state, shards, labels, rank, net, student_start,
-                                 segment_targets(store, seg, expert_start), d, unroll_spec, gen, reduce)
+                                 segment_targets(store, seg, expert_start), d, inner, gen, reduce,
+                                 seg.inner_scale)
         bad = torch.tensor(0.0 if grads_finite(state) else 1.0, device=device)
         finite = bool(reduce(bad) == 0)
         try:

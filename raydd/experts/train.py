@@ -32,41 +32,81 @@ def clip_loss(loss: Tensor, clip_value: float) -> Tensor:
     return loss * (clip_value / loss.detach()).clamp(max=1.0)
 
 
-def gradient_penalty(loss: Tensor, params: list[Tensor]) -> Tensor:
+def clip_scale(epoch: int, clip_epochs: int) -> float:
+    """AST's clipping schedule: 0.5 at epoch 0, rising by 0.5/clip_epochs an epoch (0.5, 0.55, …, 0.95 for 10)."""
+    return 0.5 + 0.5 * epoch / clip_epochs
+
+
+def clipped(loss: Tensor, spec: ExpertsSpec, epoch: int) -> Tensor:
+    """The cross-entropy of a smooth expert's first ``clip_epochs`` epochs: scaled (``scale``) or clipped (``clip``)."""
+    if epoch >= spec.clip_epochs:
+        return loss
+    if spec.clip_mode == "scale":
+        return loss * clip_scale(epoch, spec.clip_epochs)
+    return clip_loss(loss, spec.clip_value)
+
+
+def input_gradient_penalty(model: nn.Module, images: Tensor) -> Tensor:
+    """WGAN-GP on the inputs, as AST's code: mean over images and pixels of (‖∂Σlogits/∂x‖ − 1)², the norm
+    taken over the channels of each pixel; differentiable in the parameters (double backward)."""
+    x = images.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    return (grad.norm(dim=1) - 1).square().mean()
+
+
+def param_gradient_penalty(loss: Tensor, params: list[Tensor]) -> Tensor:
     """``‖∇_θ loss‖²``, differentiable (double backward)."""
     grads = torch.autograd.grad(loss, params, create_graph=True)
     return sum(g.square().sum() for g in grads)
 
 
-def objective(loss: Tensor, params: list[Tensor], spec: ExpertsSpec, epoch: int) -> Tensor:
-    """The loss to minimise: cross-entropy (plain), clipped early plus a gradient penalty (smooth)."""
+def objective(loss: Tensor, model: nn.Module, images: Tensor, spec: ExpertsSpec, epoch: int) -> Tensor:
+    """The loss to minimise: cross-entropy (plain); smooth: clipped early, plus ``gradient_penalty`` times the
+    penalty on the input gradient at the un-augmented ``images`` (``input``) or on ``‖∇_θ loss‖²`` (``params``)."""
     if spec.variant == "plain":
         return loss
-    if epoch < spec.clip_epochs:
-        loss = clip_loss(loss, spec.clip_value)
-    if spec.gradient_penalty > 0:
-        loss = loss + spec.gradient_penalty * gradient_penalty(loss, params)
-    return loss
+    loss = clipped(loss, spec, epoch)
+    if spec.gradient_penalty <= 0:
+        return loss
+    if spec.gradient_penalty_on == "input":
+        return loss + spec.gradient_penalty * input_gradient_penalty(model, images)
+    return loss + spec.gradient_penalty * param_gradient_penalty(loss, list(model.parameters()))
+
+
+def epoch_lr(spec: ExpertsSpec, epoch: int) -> float:
+    """The lr of (0-based) ``epoch``: ×``lr_decay`` once epoch ``epochs // 2 + 1`` is done (the reference's schedule)."""
+    return spec.lr * (spec.lr_decay if epoch > spec.epochs // 2 + 1 else 1.0)
+
+
+def sgd(params: list[Tensor], spec: ExpertsSpec, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
 def train_expert(model: nn.Module, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor,
                  spec: ExpertsSpec, seed: int,
                  on_epoch: Callable[[int, float, float], None] | None = None) -> ExpertRun:
-    """SGD for ``spec.epochs`` epochs with a seeded batch order and DSA; ``on_epoch(epoch, loss, acc)`` after each."""
+    """SGD for ``spec.epochs`` epochs with a seeded batch order and DSA; ``on_epoch(epoch, loss, acc)`` after each.
+
+    The lr decay starts a fresh optimiser (no momentum carried over), as the reference does.
+    """
     gen = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    lr = epoch_lr(spec, 0)
+    opt = sgd(params, spec, lr)
     snapshots = [flatten_params(model).cpu()]
     losses: list[float | None] = [None]
     accs = [accuracy(model, test_images, test_labels)]
     n = images.shape[0]
     for epoch in range(spec.epochs):
+        if epoch_lr(spec, epoch) != lr:
+            lr = epoch_lr(spec, epoch)
+            opt = sgd(params, spec, lr)
         model.train()
         total = torch.zeros((), device=images.device)
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, spec.batch_size):
             idx = order[start:start + spec.batch_size].to(images.device)
-            x = images[idx]
+            clean = x = images[idx]
             if spec.dsa:
                 x = dsa(x, seed=int(torch.randint(2**31, (1,), generator=gen)), strategy=DEFAULT_STRATEGY)
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=spec.amp):
@@ -74,7 +114,7 @@ def train_expert(model: nn.Module, images: Tensor, labels: Tensor, test_images: 
             loss = F.cross_entropy(logits.float(), labels[idx])
             total += loss.detach() * idx.numel()
             opt.zero_grad(set_to_none=True)
-            objective(loss, params, spec, epoch).backward()
+            objective(loss, model, clean, spec, epoch).backward()
             opt.step()
         snapshots.append(flatten_params(model).cpu())
         losses.append(float(total) / n)
