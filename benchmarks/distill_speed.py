@@ -1,15 +1,18 @@
-"""Seconds per outer iteration and peak memory of the unroll, and one expert epoch, beside the reference MTT code.
+"""Seconds per outer iteration and peak memory of the unroll, and one expert epoch, side by side with the authors' MTT code.
 
-    .venv/bin/python benchmarks/distill_speed.py                 # the recorded run (CPU, 2 threads)
-    .venv/bin/python benchmarks/distill_speed.py --profile       # + the operator profile that guided the changes
-    .venv/bin/python benchmarks/distill_speed.py --device cuda   # on a GPU (records its name)
+    .venv/bin/python benchmarks/distill_speed.py --reference /path/to/mtt-distillation            # the recorded run
+    .venv/bin/python benchmarks/distill_speed.py --reference /path/to/mtt-distillation --profile  # + the operator profile
+    .venv/bin/python benchmarks/distill_speed.py --device cuda                                    # on a GPU (records its name)
 
 Setup, as the issue fixes it: ConvNet-3 width 128 (instance norm), a 10-class 3×32×32 stand-in,
-IPC 10 (100 images, the whole set per inner step), DSA on, ZCA off, one process. Each point runs
-in a fresh subprocess so its peak is its own: the process's peak RSS on CPU (everything: Python,
-torch, data), ``torch.cuda.max_memory_allocated`` on GPU. The reference figures are those of the
-papers' MTT code measured on this machine kind (2 cores) and quoted by the issue: 21.8 s per outer
-iteration, about 8 GB peak, 3.6 min per expert epoch on 60k images with 2 threads.
+IPC 10 (100 images, the whole set per inner step), DSA on, ZCA off, one process. The reference
+rows run the authors' own code from a checkout of GeorgeCazenavette/mtt-distillation
+(``benchmarks/reference_mtt.py``) in the same run, as its users run it (glibc's default allocator).
+raydd's rows run as its stages do: the plain unroll with glibc's default, the constant-memory
+unroll and the expert epoch after ``raydd.runtime.reuse_heap()``; one row each shows the other
+allocator. Each point runs in a fresh subprocess so its peak is its own: the process's peak RSS
+on CPU (everything: Python, torch, data), ``torch.cuda.max_memory_allocated`` on GPU.
+``--only KEY ...`` re-runs some points into the recorded file.
 Writes ``benchmarks/results/distill_speed[_cuda].{json,md}``.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -25,7 +29,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-REFERENCE = {"plain_s": 21.8, "plain_peak_mb": 8000, "expert_epoch_s": 3.6 * 60}
+HERE = Path(__file__).parent
 
 
 def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, threads: int, profile: bool,
@@ -81,6 +85,29 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     return row
 
 
+def conv_floor(width: int, threads: int) -> dict:
+    """The convolutions' share of a plain 20-step outer iteration as a floor: their FLOPs (forward, backward and
+    double backward, counted by ``FlopCounterMode`` over one iteration) at the rate this machine reaches on the
+    iteration's largest convolution (100×128×16×16, 3×3, forward and backward)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(threads)
+    counter = FlopCounterMode(display=False)
+    with counter:  # the warm-up and one timed iteration
+        unroll_point("plain", 20, width, "cpu", 1, threads, False, True)
+    flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "conv" in str(op)) / 2
+    x = torch.randn(100, width, 16, 16, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(width, width, 3, 3, requires_grad=True)
+    F.conv2d(x, w, padding=1).sum().backward()
+    tic, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        F.conv2d(x, w, padding=1).sum().backward()
+    rate = reps * 3 * 2 * 100 * 16 * 16 * width * width * 9 / (time.perf_counter() - tic)  # forward + 2 backward convs
+    return {"what": "conv floor", "conv_gflop": flops / 1e9, "gflops_per_s": rate / 1e9, "floor_s": flops / rate}
+
+
 def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     """One plain expert epoch (batch 256, DSA, SGD, NCHW as the experts stage runs it) on ``images``
     random 3×32×32 images."""
@@ -105,43 +132,94 @@ def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     return {"what": "expert epoch", "images": images, "seconds": time.perf_counter() - tic, "peak_mb": peak / 2**20}
 
 
-def in_subprocess(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
-    row = json.loads(out.strip().splitlines()[-1])
+def in_subprocess(args: list[str], script: Path = Path(__file__), **extra) -> dict:
+    """One point in a fresh process (its own peak memory), without glibc allocator settings from this one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True, env=env).stdout
+    row = {**json.loads(out.strip().splitlines()[-1]), **extra}
     print({k: v for k, v in row.items() if k != "profile"}, flush=True)
     return row
 
 
+def allocation(megabytes: int = 52, rounds: int = 100) -> dict:
+    """Milliseconds to allocate and fill a fresh block of ``megabytes`` (the size of a width-128 activation of
+    100 images at 32×32), and to fill one already in place."""
+    import torch
+
+    torch.set_num_threads(1)
+    numel = megabytes * 2**20 // 4
+    tic = time.perf_counter()
+    for _ in range(rounds):
+        torch.empty(numel).fill_(1.0)
+    fresh = (time.perf_counter() - tic) / rounds
+    block = torch.empty(numel).fill_(0.0)
+    tic = time.perf_counter()
+    for _ in range(rounds):
+        block.fill_(1.0)
+    return {"what": "allocation", "megabytes": megabytes, "fresh_ms": 1e3 * fresh,
+            "fill_ms": 1e3 * (time.perf_counter() - tic) / rounds}
+
+
 def render(meta: dict, rows: list[dict]) -> str:
-    by = {(r["what"], r.get("syn_steps")): r for r in rows}
-    plain20, plain40, cm40 = by.get(("plain unroll", 20)), by.get(("plain unroll", 40)), by.get(("constant_memory unroll", 40))
-    nchw = by.get(("plain unroll, NCHW", 20))
-    epoch = by.get(("expert epoch", None))
-    lines = [f"# Distillation speed ({meta['device']})", "", f"Command: `{meta['command']}`  ",
-             f"Machine: {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}.  ", f"Setup: {meta['setup']}.", "",
-             "| what | raydd | reference MTT code | raydd / reference | target |", "|---|---|---|---|---|"]
-    if plain20:
-        lines.append(f"| plain unroll, syn_steps 20: s / outer iteration | {plain20['seconds']:.2f} | {REFERENCE['plain_s']} | "
-                     f"{plain20['seconds'] / REFERENCE['plain_s']:.2f} | ≤ 0.5 |")
-        lines.append(f"| plain unroll, syn_steps 20: peak memory (MB) | {plain20['peak_mb']:.0f} | ~{REFERENCE['plain_peak_mb']} | "
-                     f"{plain20['peak_mb'] / REFERENCE['plain_peak_mb']:.2f} | ≤ 1 |")
-    if nchw and plain20:
-        lines.append(f"| plain unroll, syn_steps 20, NCHW (before `distill.channels_last`): s / outer iteration | "
-                     f"{nchw['seconds']:.2f} | {REFERENCE['plain_s']} | {nchw['seconds'] / REFERENCE['plain_s']:.2f} | – |")
-    if plain40 and cm40:
-        lines.append(f"| constant-memory / plain time, syn_steps 40 | {cm40['seconds']:.2f} s / {plain40['seconds']:.2f} s | – | "
-                     f"{cm40['seconds'] / plain40['seconds']:.2f} | ≤ 1.2 |")
-        lines.append(f"| constant-memory / plain peak memory, syn_steps 40 | {cm40['peak_mb']:.0f} MB / {plain40['peak_mb']:.0f} MB | – | "
-                     f"{cm40['peak_mb'] / plain40['peak_mb']:.2f} | – |")
-    if epoch:
-        lines.append(f"| expert epoch on {epoch['images']:,} images (s) | {epoch['seconds']:.0f} | {REFERENCE['expert_epoch_s']:.0f} | "
-                     f"{epoch['seconds'] / REFERENCE['expert_epoch_s']:.2f} | ≤ 1 |")
+    by = {r["key"]: r for r in rows}
+    lines = [f"# Distillation speed ({meta['device']})", "", "Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]) + "  ",
+             f"Machine: {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}.  ", f"Setup: {meta['setup']}.", ""]
+    ref, mine, heap = by.get("reference plain 20"), by.get("plain 20"), by.get("plain 20 heap")
+    cm40, plain40 = by.get("constant_memory 40"), by.get("plain 40")
+    epoch, ref_epoch, epoch_default = by.get("epoch"), by.get("reference epoch"), by.get("epoch default allocator")
+    if ref:
+        lines += ["| what | raydd | authors' MTT code, same run | raydd / authors' | target |", "|---|---|---|---|---|"]
+        for row, what in ((mine, "plain unroll, syn_steps 20"), (heap, "plain unroll, syn_steps 20, heap reuse (not the default)")):
+            if row:
+                lines.append(f"| {what}: s / outer iteration | {row['seconds']:.2f} | {ref['seconds']:.2f} | "
+                             f"{row['seconds'] / ref['seconds']:.2f} | {'≤ 0.5' if row is mine else '–'} |")
+                lines.append(f"| {what}: peak memory (MB) | {row['peak_mb']:.0f} | {ref['peak_mb']:.0f} | "
+                             f"{row['peak_mb'] / ref['peak_mb']:.2f} | {'≤ 1' if row is mine else '–'} |")
+        for row, what in ((epoch, "heap reuse, as raydd's expert tasks"), (epoch_default, "default allocator")):
+            if row and ref_epoch:
+                lines.append(f"| expert epoch on {row['images']:,} images, {what} (s) | {row['seconds']:.0f} | "
+                             f"{ref_epoch['seconds']:.0f} | {row['seconds'] / ref_epoch['seconds']:.2f} | "
+                             f"{'≤ 1' if row is epoch else '–'} |")
+        lines.append("")
+    allocs = [r for r in rows if r["what"] == "allocation"]
+    if allocs:
+        lines += [f"Allocating and filling a {allocs[0]['megabytes']} MB block (one width-128 activation of 100 images), ms:", "",
+                  "| allocator | allocate + fill, freed each time | fill a block in place |", "|---|---|---|"]
+        lines += [f"| {r['env']} | {r['fresh_ms']:.1f} | {r['fill_ms']:.1f} |" for r in allocs]
+        lines.append("")
     for r in rows:
         if r.get("profile"):
-            lines += ["", f"## Profile: {r['what']}, syn_steps {r['syn_steps']} (one outer iteration, self CPU time)", "",
+            lines += [f"## Profile: {r['key']} (one outer iteration, self CPU time)", "",
                       "| operator | self s | share | calls |", "|---|---|---|---|"]
             lines += [f"| `{p['op']}` | {p['self_s']:.2f} | {100 * p['share']:.1f}% | {p['calls']} |" for p in r["profile"]]
-    return "\n".join(lines) + "\n"
+            lines.append("")
+    return "\n".join(lines)
+
+
+def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path]]:
+    """Every point of the run by key: its arguments and script. ``--heap``: as raydd's training tasks and
+    constant-memory workers run (``raydd.runtime.reuse_heap``); without it, glibc's default."""
+    common = ["--width", str(args.width), "--device", args.device, "--threads", str(args.threads), "--iters", str(args.iters)]
+    here, reference = Path(__file__), HERE / "reference_mtt.py"
+    epoch = ["--epoch", *common, "--expert-images", str(args.expert_images)]
+    cpu = args.device == "cpu"
+    table = {
+        "allocation default": (["--allocation"], here), "allocation heap": (["--allocation", "--heap"], here),
+        "reference plain 20": ([str(args.reference), "unroll", "20", str(args.iters), str(args.threads)], reference),
+        "plain 20": (["--point", "plain", "20", "nhwc", *common, *(["--profile"] if args.profile else [])], here),
+        "plain 20 heap": (["--point", "plain", "20", "nhwc", "--heap", *common], here),
+        "conv floor": (["--floor", *common], here),
+        "constant_memory 40": (["--point", "constant_memory", "40", "nhwc", *(["--heap"] if cpu else []), *common], here),
+        "constant_memory 40 default allocator": (["--point", "constant_memory", "40", "nhwc", *common], here),
+        "plain 40": (["--point", "plain", "40", "nhwc", *common], here),
+        "reference epoch": ([str(args.reference), "epoch", str(args.expert_images), str(args.threads)], reference),
+        "epoch": ([*epoch, *(["--heap"] if cpu else [])], here),
+        "epoch default allocator": (epoch, here),
+    }
+    skip = {k for k in table if (not cpu and ("heap" in k or "default" in k or k.startswith(("allocation", "conv"))))
+            or (args.reference is None and k.startswith("reference"))
+            or (args.skip_expert and "epoch" in k)}
+    return {k: v for k, v in table.items() if k not in skip}
 
 
 def main() -> None:
@@ -151,36 +229,59 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--expert-images", type=int, default=60000)
+    ap.add_argument("--reference", type=Path, help="a checkout of GeorgeCazenavette/mtt-distillation")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--skip-expert", action="store_true")
+    ap.add_argument("--only", nargs="+", metavar="KEY", help="run only these points; the others keep their recorded rows")
     ap.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--epoch", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--allocation", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--heap", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.reference and not (args.reference / "distill.py").is_file():
+        ap.error(f"--reference {args.reference}: not a checkout of GeorgeCazenavette/mtt-distillation (no distill.py)")
+    if args.heap:
+        from raydd.runtime import reuse_heap
+
+        reuse_heap()
     if args.point:
         unroll, steps, layout = args.point
         print(json.dumps(unroll_point(unroll, int(steps), args.width, args.device, args.iters, args.threads,
-                                      args.profile and steps == "20", layout == "nhwc")))
+                                      args.profile, layout == "nhwc")))
         return
     if args.epoch:
         print(json.dumps(expert_epoch(args.width, args.device, args.threads, args.expert_images)))
         return
-    common = ["--width", str(args.width), "--device", args.device, "--threads", str(args.threads), "--iters", str(args.iters)]
-    points = [("plain", 20, "nchw"), ("plain", 20, "nhwc"), ("plain", 40, "nhwc"), ("constant_memory", 40, "nhwc")]
-    rows = [in_subprocess(["--point", unroll, str(steps), layout, *common, *(["--profile"] if args.profile else [])])
-            for unroll, steps, layout in points]
-    if not args.skip_expert:
-        rows.append(in_subprocess(["--epoch", *common, "--expert-images", str(args.expert_images)]))
+    if args.allocation:
+        print(json.dumps({**allocation(), "env": "`reuse_heap()`" if args.heap else "glibc's default"}))
+        return
+    if args.floor:
+        print(json.dumps(conv_floor(args.width, args.threads)))
+        return
+    name = "distill_speed" if args.device == "cpu" else f"distill_speed_{args.device}"
+    table = points(args)
+    unknown = set(args.only or ()) - set(table)
+    if unknown:
+        ap.error(f"--only: unknown points {sorted(unknown)}; choose from {sorted(table)}")
+    recorded = json.loads((RESULTS / f"{name}.json").read_text()) if args.only else {"rows": []}
+    rows = {r["key"]: r for r in recorded["rows"]}
+    for key, (argv, script) in table.items():
+        if not args.only or key in args.only:
+            rows[key] = in_subprocess(argv, script=script, key=key)
     import torch
 
     machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    meta = {"command": " ".join(["python", *sys.argv]), "device": args.device, "machine": machine, "threads": args.threads,
+    command = " ".join(["python", *sys.argv])
+    meta = {**recorded.get("meta", {}), "device": args.device, "machine": machine, "threads": args.threads,
             "torch": torch.__version__,
+            "commands": [*recorded.get("meta", {}).get("commands", []), command],
             "setup": f"ConvNet-3 width {args.width} instance norm, IPC 10 × 10 classes of 3×32×32, whole set per inner step, "
                      f"DSA on, ZCA off, {args.iters} timed outer iterations after one warm-up; expert epoch: batch 256, DSA"}
-    name = "distill_speed" if args.device == "cpu" else f"distill_speed_{args.device}"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "reference": REFERENCE, "rows": rows}, indent=2))
-    text = render(meta, rows)
+    ordered = [rows[k] for k in table if k in rows]
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=2))
+    text = render(meta, ordered)
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
 

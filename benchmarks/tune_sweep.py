@@ -118,7 +118,7 @@ def main() -> None:
     report["notes"] = [
         f"Each trial: `raydd distill` (AST: k-means init, balanced inner loss, 1 intermediate matching point, "
         f"weight perturbation, student momentum) for {d['iterations']} iterations, syn_steps {d['syn_steps']}, "
-        f"expert_epochs {d['expert_epochs']}, start epochs 0-{d['max_start_epoch']}, on 1 Ray Train worker; "
+        f"expert_epochs {d['expert_epochs']}, start epochs 0-{d['max_start_epoch'] - 1}, on 1 Ray Train worker; "
         f"a fast evaluation (1 ConvNet, {d['eval_epochs']} epochs, 2,000 test images) every {d['eval_every']} "
         f"iterations feeds ASHA; a finished trial is evaluated like `raydd evaluate` ({args.models} ConvNets, "
         f"{args.eval_epochs} epochs, all 10,000 test images): test acc.",

@@ -27,6 +27,7 @@ from raydd.distill.step import apply_step, compute_gradients, grads_finite, pert
 from raydd.distill.unroll import local_sum
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
+from raydd.runtime import reuse_heap
 from raydd.specs import DistillSpec, RunSpec
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import TrajectoryStore
@@ -110,6 +111,8 @@ def train_fn(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(config["threads"])
+    if d.unroll == "constant_memory":
+        reuse_heap()  # its one step's graph at a time leaves the heap little to fragment (raydd.runtime.reuse_heap)
     store = TrajectoryStore.open(resolve(config["store"], run.storage.endpoint_url))
     net = FlatModel(build_model(run.model, spec).to(device), run.channels_last)
     init = ray.get(config["init"])

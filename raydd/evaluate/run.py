@@ -16,7 +16,7 @@ import torch
 from raydd.core.images import DatasetSpec, ImageData, to_model_space
 from raydd.core.train import TrainSpec, accuracy, train_on_set
 from raydd.models.registry import build_model
-from raydd.runtime import task_device
+from raydd.runtime import reuse_heap, task_device
 from raydd.specs import EvaluateSpec, ModelSpec, RunSpec
 from raydd.storage.distilled import DistilledSet
 from raydd.storage.fs import Location
@@ -48,6 +48,7 @@ def model_spec(model: ModelSpec, arch: str) -> ModelSpec:
 def train_and_test(arch: ModelSpec, spec: DatasetSpec, ds: DistilledSet, test_x: torch.Tensor,
                    test_y: torch.Tensor, tspec: TrainSpec, seed: int, progress: bool = True) -> float:
     """One evaluation model: seed, build, train on the set (on the task's GPU if it has one), return final test accuracy."""
+    reuse_heap()
     torch.manual_seed(seed)
     model = build_model(arch, spec).to(task_device())
     bar = None

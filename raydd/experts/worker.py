@@ -13,7 +13,7 @@ from raydd.core.images import DatasetSpec, ImageData, to_model_space
 from raydd.core.zca import ZCA
 from raydd.experts.train import ExpertRun, train_expert
 from raydd.models.registry import build_model
-from raydd.runtime import task_device
+from raydd.runtime import reuse_heap, task_device
 from raydd.specs import ExpertsSpec
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import ShardRows, write_shard
@@ -38,6 +38,7 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
                      spec: DatasetSpec, train: ImageData, test: ImageData, zca: ZCA | None,
                      meta: dict[str, Any], progress: Any = None) -> dict[str, Any]:
     """Train expert ``expert_id`` with its own seed, write its shard; returns the manifest entry and stats."""
+    reuse_heap()
     e = ExpertsSpec.from_config(cfg["experts"])
     seed = expert_seed(cfg["seed"], expert_id)
     torch.set_num_threads(max(1, int(e.cpus_per_expert)))

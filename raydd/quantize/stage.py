@@ -23,7 +23,7 @@ from raydd.data.registry import dataset_spec, load_split
 from raydd.quantize.encoders import EncoderState, restore
 from raydd.quantize.fit import autoencoder_location, build_encoder, needs_sample
 from raydd.quantize.prototypes import Prototypes, quantize_class
-from raydd.runtime import init_ray, require_gpus, task_device
+from raydd.runtime import init_ray, require_gpus, reuse_heap, task_device
 from raydd.specs import RunSpec
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import check_reachable
@@ -57,6 +57,7 @@ def survey(ds_cfg: dict[str, Any], classes: list[int], per_class: int, seed: int
 def quantize_classes(ds_cfg: dict[str, Any], spec: DatasetSpec, classes: list[int], state: EncoderState,
                      settings: KMeansSettings, ipc: int, seed: int, prototype: str) -> dict[int, Prototypes]:
     """Read only ``classes``, then quantize each with its own seeded generator, on the task's device."""
+    reuse_heap()
     data = load_split(ds_cfg, "train", classes=classes)
     device = task_device()
     encoder = restore(state, spec, device)
