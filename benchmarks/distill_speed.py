@@ -163,7 +163,7 @@ def allocation(megabytes: int = 52, rounds: int = 100) -> dict:
 def render(meta: dict, rows: list[dict]) -> str:
     by = {r["key"]: r for r in rows}
     lines = [f"# Distillation speed ({meta['device']})", "", "Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]) + "  ",
-             f"Machine: {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}.  ", f"Setup: {meta['setup']}.", ""]
+             *([f"Note: {meta['note']}  "] if meta.get("note") else []), f"Machine: {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}.  ", f"Setup: {meta['setup']}.", ""]
     ref, mine, heap = by.get("reference plain 20"), by.get("plain 20"), by.get("plain 20 heap")
     cm40, plain40 = by.get("constant_memory 40"), by.get("plain 40")
     epoch, ref_epoch, epoch_default = by.get("epoch"), by.get("reference epoch"), by.get("epoch default allocator")
@@ -180,6 +180,23 @@ def render(meta: dict, rows: list[dict]) -> str:
                 lines.append(f"| expert epoch on {row['images']:,} images, {what} (s) | {row['seconds']:.0f} | "
                              f"{ref_epoch['seconds']:.0f} | {row['seconds'] / ref_epoch['seconds']:.2f} | "
                              f"{'≤ 1' if row is epoch else '–'} |")
+        floor = by.get("conv floor")
+        if floor:
+            lines += ["", f"Floor: the convolutions alone of one plain 20-step iteration are {floor['conv_gflop']:.0f} GFLOP "
+                      f"(forward, backward, double backward; `FlopCounterMode`); at the {floor['gflops_per_s']:.0f} GFLOP/s "
+                      f"this machine reaches on the iteration's largest convolution they take {floor['floor_s']:.1f} s, "
+                      f"{floor['floor_s'] / ref['seconds']:.2f}× the authors' whole iteration."]
+        lines.append("")
+    cm_default = by.get("constant_memory 40 default allocator")
+    if cm40 and plain40:
+        lines += ["| raydd, syn_steps 40 | constant-memory | plain | ratio | target |", "|---|---|---|---|---|",
+                  f"| s / outer iteration | {cm40['seconds']:.2f} | {plain40['seconds']:.2f} | "
+                  f"{cm40['seconds'] / plain40['seconds']:.2f} | ≤ 1.2 |",
+                  f"| peak memory (MB) | {cm40['peak_mb']:.0f} | {plain40['peak_mb']:.0f} | "
+                  f"{cm40['peak_mb'] / plain40['peak_mb']:.2f} | – |"]
+        if cm_default:
+            lines.append(f"| constant-memory with glibc's default allocator (an earlier run): s / outer iteration, peak MB | "
+                         f"{cm_default['seconds']:.2f}, {cm_default['peak_mb']:.0f} | – | – | – |")
         lines.append("")
     allocs = [r for r in rows if r["what"] == "allocation"]
     if allocs:
