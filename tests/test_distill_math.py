@@ -329,3 +329,36 @@ def test_unroll_on_cuda_matches_cpu(keep_graph):
     cuda = sharded_grads(1, 0, case(0.5, True, True), keep_graph, device="cuda")
     for ours, ref in zip(cuda, cpu):
         torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+
+
+def test_filter_perturbation_is_the_references_formula():
+    from raydd.distill.step import filter_perturbation, rms_perturbation
+
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
+    d = torch.tensor([3.0, 4.0, 0.0, 0.0]).view(1, 1, 2, 2)  # ‖d‖_F = 5
+    assert filter_perturbation(w, d, 1.0).flatten().tolist() == pytest.approx([1.6, 3.6, 3.0, 4.0])  # w + d/5·w
+    assert filter_perturbation(w, d, 0.5).flatten().tolist() == pytest.approx([1.3, 2.8, 3.0, 4.0])
+    t = torch.tensor([1.0, -1.0, 1.0, -1.0])  # RMS 1
+    assert rms_perturbation(t, torch.tensor([1.0, 2.0, 3.0, 4.0]), 0.1).tolist() == pytest.approx([1.1, -0.8, 1.3, -0.6])
+
+
+def test_filter_mode_perturbs_only_conv_weights_and_normalises_by_the_perturbed_start():
+    from raydd.distill.step import student_start
+
+    net = FlatModel(ConvNet(1, 4, 8, width=4, depth=2))
+    theta = flatten_params(net.module)
+    ast = replace(D, perturb=1.0, perturb_mode="filter")
+    start, norm = student_start(theta, net.layout, ast, torch.Generator().manual_seed(0))
+    assert norm is start
+    for (name, old), new in zip(net.layout.unflatten(theta).items(), net.layout.unflatten(start).values()):
+        if old.dim() == 4:  # ‖(w' − w)/w‖_F = α: the relative change is the normalised noise
+            assert float(((new - old) / old).norm()) == pytest.approx(1.0, rel=1e-4), name
+        else:
+            assert torch.equal(new, old), name
+    rms = replace(D, perturb=0.01, perturb_mode="rms")
+    start, norm = student_start(theta, net.layout, rms, torch.Generator().manual_seed(0))
+    moved = [t.dim() for t, old in zip(net.layout.unflatten(start).values(), net.layout.unflatten(theta).values())
+             if not torch.equal(t, old)]
+    assert norm is theta and 4 in moved and 2 in moved  # raydd's: every parameter (a zero one stays zero)
+    assert student_start(theta, net.layout, replace(ast, perturb=0.0), torch.Generator())[0] is theta
+
