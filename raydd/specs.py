@@ -25,7 +25,8 @@ PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
 LR_PARAMS = ("plain", "log")
 BALANCES = ("epoch", "class")
-INITS = ("real", "correct", "kmeans", "kmeans_medoid", "mean")
+INITS = ("real", "correct", "correct_pool", "kmeans", "kmeans_medoid", "mean")
+SOFT_LABEL_INITS = ("correct", "mean")
 PERTURB_MODES = ("filter", "rms")
 ENCODERS = ("pixel", "pca", "autoencoder", "vae")
 PROTOTYPES = ("centroid", "medoid")
@@ -155,6 +156,7 @@ class DistillSpec:
     unroll: str
     init: str
     soft_labels: bool
+    soft_label_init: str
     window_grow_iters: int
     max_start_epoch_init: int | None
     loss_threshold: float | None
@@ -380,6 +382,7 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     """``window``: the start window must fit the experts' epochs (stages that read a store)."""
     _choice(d.unroll, "distill.unroll", UNROLLS)
     _choice(d.init, "distill.init", INITS)
+    _choice(d.soft_label_init, "distill.soft_label_init", SOFT_LABEL_INITS)
     _choice(d.perturb_mode, "distill.perturb_mode", PERTURB_MODES)
     _choice(d.lr_param, "distill.lr_param", LR_PARAMS)
     _dsa_strategy(d.dsa_strategy, "distill.dsa_strategy")

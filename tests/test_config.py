@@ -141,3 +141,5 @@ def test_set_names_carry_what_makes_sets_differ():
 def test_method_files_carry_the_authors_defaults():
     ast = compose(["method=ast"])["distill"]
     assert (ast["perturb"], ast["perturb_mode"]) == (1.0, "filter")  # AST's weightPerturb(alpha=1)
+    datm = compose(["method=datm"])["distill"]
+    assert (datm["init"], datm["soft_label_init"]) == ("correct", "correct")

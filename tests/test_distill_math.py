@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import Tensor
 
 from raydd.config import compose
 from raydd.core.train import per_sample_loss
@@ -362,3 +363,49 @@ def test_filter_mode_perturbs_only_conv_weights_and_normalises_by_the_perturbed_
     assert norm is theta and 4 in moved and 2 in moved  # raydd's: every parameter (a zero one stays zero)
     assert student_start(theta, net.layout, replace(ast, perturb=0.0), torch.Generator())[0] is theta
 
+
+def affine_net(theta: Tensor, x: Tensor) -> Tensor:
+    """A stand-in network: logits = x + θ (one bias per class)."""
+    return x + theta
+
+
+def test_soft_labels_average_the_correct_experts_as_the_reference():
+    from raydd.distill.init import correct_mean_logits, expert_logits
+
+    experts = [torch.tensor([2.0, 0.0]), torch.tensor([0.0, 4.0]), torch.tensor([1.0, 0.0])]
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    # image 0: experts 0 and 2 say 0 → ([2, 0] + [1, 0]) / 2; image 1: only expert 1 says 1;
+    # image 2: none says 1 → the mean over all three (raydd's fallback)
+    assert correct_mean_logits(affine_net, experts, x, labels).tolist() == pytest.approx(
+        [[1.5, 0.0], [0.0, 4.0], [6.0, 4 / 3]])
+    assert expert_logits(affine_net, experts, x).tolist() == pytest.approx([[1.0, 4 / 3], [1.0, 4 / 3], [6.0, 4 / 3]])
+
+
+def flag_net(theta: Tensor, x: Tensor) -> Tensor:
+    """A stand-in network on 2-feature images: class 0 iff the image's flag for this expert (x·θ) is set."""
+    return torch.stack([x @ theta, torch.full((x.shape[0],), 0.5)], 1)
+
+
+def test_correct_init_takes_expert_zeros_correct_images_then_the_next_experts_as_the_reference():
+    from raydd.distill.init import correct_in_order, correct_indices
+
+    # columns: is image i correct for expert A, for expert B
+    flags = torch.tensor([[0, 1], [1, 1], [0, 0], [0, 0], [1, 0], [0, 1]], dtype=torch.float32)
+    experts = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
+    order = torch.arange(6)
+
+    def pick(ipc: int, order: Tensor = order) -> list[int]:
+        return correct_in_order(order, 0, lambda idx: flags[idx], flag_net, experts, ipc, batch=2).tolist()
+
+    assert pick(2) == [1, 4]            # expert A alone has two
+    assert pick(3) == [0, 1, 4]         # A's two, then B's first new one (in order)
+    assert pick(4) == [0, 1, 4, 5]
+    assert pick(5) == [0, 1, 4, 5, 2]   # every expert's correct ones, then misclassified (raydd's fallback)
+    assert pick(2, torch.tensor([5, 4, 3, 2, 1, 0])) == [4, 1]  # the order decides which of A's come first
+    labels = torch.tensor([0] * 6 + [1] * 2)
+    images = torch.cat([flags, torch.zeros(2, 2)])
+    idx = correct_indices(labels, lambda i: images[i], flag_net, experts, 2, seed=0)
+    assert sorted(idx[:2].tolist()) == [1, 4] and sorted(idx[2:].tolist()) == [6, 7]  # class 1: 0.5 > 0 always
+    with pytest.raises(ValueError, match="fewer than ipc=3"):
+        correct_indices(labels, lambda i: images[i], flag_net, experts, 3, seed=0)
