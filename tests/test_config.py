@@ -142,4 +142,4 @@ def test_method_files_carry_the_authors_defaults():
     ast = compose(["method=ast"])["distill"]
     assert (ast["perturb"], ast["perturb_mode"]) == (1.0, "filter")  # AST's weightPerturb(alpha=1)
     datm = compose(["method=datm"])["distill"]
-    assert (datm["init"], datm["soft_label_init"]) == ("correct", "correct")
+    assert (datm["init"], datm["soft_label_init"], datm["ema"]) == ("correct", "correct", 0.0)
