@@ -377,9 +377,9 @@ def test_soft_labels_average_the_correct_experts_as_the_reference():
     labels = torch.tensor([0, 1, 1])
     # image 0: experts 0 and 2 say 0 → ([2, 0] + [1, 0]) / 2; image 1: only expert 1 says 1;
     # image 2: none says 1 → the mean over all three (raydd's fallback)
-    assert correct_mean_logits(affine_net, experts, x, labels).tolist() == pytest.approx(
-        [[1.5, 0.0], [0.0, 4.0], [6.0, 4 / 3]])
-    assert expert_logits(affine_net, experts, x).tolist() == pytest.approx([[1.0, 4 / 3], [1.0, 4 / 3], [6.0, 4 / 3]])
+    torch.testing.assert_close(correct_mean_logits(affine_net, experts, x, labels),
+                               torch.tensor([[1.5, 0.0], [0.0, 4.0], [6.0, 4 / 3]]))
+    torch.testing.assert_close(expert_logits(affine_net, experts, x), torch.tensor([[1.0, 4 / 3], [1.0, 4 / 3], [6.0, 4 / 3]]))
 
 
 def flag_net(theta: Tensor, x: Tensor) -> Tensor:
@@ -398,11 +398,19 @@ def test_correct_init_takes_expert_zeros_correct_images_then_the_next_experts_as
     def pick(ipc: int, order: Tensor = order) -> list[int]:
         return correct_in_order(order, 0, lambda idx: flags[idx], flag_net, experts, ipc, batch=2).tolist()
 
+    assert pick(1) == [1]               # expert A's first correct image in the order
     assert pick(2) == [1, 4]            # expert A alone has two
     assert pick(3) == [0, 1, 4]         # A's two, then B's first new one (in order)
     assert pick(4) == [0, 1, 4, 5]
     assert pick(5) == [0, 1, 4, 5, 2]   # every expert's correct ones, then misclassified (raydd's fallback)
     assert pick(2, torch.tensor([5, 4, 3, 2, 1, 0])) == [4, 1]  # the order decides which of A's come first
+
+    class FirstOnly(list):
+        def __getitem__(self, k):
+            assert k == 0, "expert 1 read although expert 0 had enough"
+            return super().__getitem__(k)
+
+    assert correct_in_order(order, 0, lambda idx: flags[idx], flag_net, FirstOnly(experts), 2).tolist() == [1, 4]
     labels = torch.tensor([0] * 6 + [1] * 2)
     images = torch.cat([flags, torch.zeros(2, 2)])
     idx = correct_indices(labels, lambda i: images[i], flag_net, experts, 2, seed=0)
