@@ -25,7 +25,9 @@ PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
 LR_PARAMS = ("plain", "log")
 BALANCES = ("epoch", "class")
-INITS = ("real", "correct", "kmeans", "kmeans_medoid", "mean")
+INITS = ("real", "correct", "correct_pool", "kmeans", "kmeans_medoid", "mean")
+SOFT_LABEL_INITS = ("correct", "mean")
+PERTURB_MODES = ("filter", "rms")
 ENCODERS = ("pixel", "pca", "autoencoder", "vae")
 PROTOTYPES = ("centroid", "medoid")
 SCHEDULERS = ("asha", "fifo")
@@ -154,6 +156,7 @@ class DistillSpec:
     unroll: str
     init: str
     soft_labels: bool
+    soft_label_init: str
     window_grow_iters: int
     max_start_epoch_init: int | None
     loss_threshold: float | None
@@ -162,6 +165,7 @@ class DistillSpec:
     intermediate_points: int | None
     balanced_inner_loss: str | None
     perturb: float
+    perturb_mode: str
     student_momentum: float
     continuous_start: bool
     eval_every: int
@@ -378,6 +382,8 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     """``window``: the start window must fit the experts' epochs (stages that read a store)."""
     _choice(d.unroll, "distill.unroll", UNROLLS)
     _choice(d.init, "distill.init", INITS)
+    _choice(d.soft_label_init, "distill.soft_label_init", SOFT_LABEL_INITS)
+    _choice(d.perturb_mode, "distill.perturb_mode", PERTURB_MODES)
     _choice(d.lr_param, "distill.lr_param", LR_PARAMS)
     _dsa_strategy(d.dsa_strategy, "distill.dsa_strategy")
     if d.balanced_inner_loss is not None:
@@ -387,6 +393,8 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     if not 0 < d.lr_backoff <= 1 or not 0 <= d.max_rejected_fraction <= 1 or d.temperature <= 0:
         raise ConfigError("distill.lr_backoff must lie in (0, 1], distill.max_rejected_fraction in [0, 1] and "
                           "distill.temperature must be positive")
+    if d.perturb < 0:
+        raise ConfigError(f"distill.perturb must be >= 0 (0: no weight perturbation), got {d.perturb}")
     if window and (d.min_start_epoch >= d.max_start_epoch or last_start(d) + d.expert_epochs > expert_epochs):
         raise ConfigError(f"distill start window [{d.min_start_epoch}, {d.max_start_epoch}) + expert_epochs "
                           f"{d.expert_epochs} must lie within experts.epochs={expert_epochs} and be non-empty")

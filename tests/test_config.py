@@ -136,3 +136,10 @@ def test_set_names_carry_what_makes_sets_differ():
         "ddoq-pixel-medoid-ipc1-fashion_mnist-convnet3w16"
     assert run_name(compose(["method=full", "ipc=50"])) == "full-fashion_mnist-convnet3w16"
     assert run_name(compose(["method=full", "run_name=mine"])) == "mine"
+
+
+def test_method_files_carry_the_authors_defaults():
+    ast = compose(["method=ast"])["distill"]
+    assert (ast["perturb"], ast["perturb_mode"]) == (1.0, "filter")  # AST's weightPerturb(alpha=1)
+    datm = compose(["method=datm"])["distill"]
+    assert (datm["init"], datm["soft_label_init"], datm["ema"]) == ("correct", "correct", 0.0)

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import Tensor
 
 from raydd.config import compose
 from raydd.core.train import per_sample_loss
@@ -329,3 +330,90 @@ def test_unroll_on_cuda_matches_cpu(keep_graph):
     cuda = sharded_grads(1, 0, case(0.5, True, True), keep_graph, device="cuda")
     for ours, ref in zip(cuda, cpu):
         torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+
+
+def test_filter_perturbation_is_the_references_formula():
+    from raydd.distill.step import filter_perturbation, rms_perturbation
+
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
+    d = torch.tensor([3.0, 4.0, 0.0, 0.0]).view(1, 1, 2, 2)  # ‖d‖_F = 5
+    assert filter_perturbation(w, d, 1.0).flatten().tolist() == pytest.approx([1.6, 3.6, 3.0, 4.0])  # w + d/5·w
+    assert filter_perturbation(w, d, 0.5).flatten().tolist() == pytest.approx([1.3, 2.8, 3.0, 4.0])
+    t = torch.tensor([1.0, -1.0, 1.0, -1.0])  # RMS 1
+    assert rms_perturbation(t, torch.tensor([1.0, 2.0, 3.0, 4.0]), 0.1).tolist() == pytest.approx([1.1, -0.8, 1.3, -0.6])
+
+
+def test_filter_mode_perturbs_only_conv_weights_and_normalises_by_the_perturbed_start():
+    from raydd.distill.step import student_start
+
+    net = FlatModel(ConvNet(1, 4, 8, width=4, depth=2))
+    theta = flatten_params(net.module)
+    ast = replace(D, perturb=1.0, perturb_mode="filter")
+    start, norm = student_start(theta, net.layout, ast, torch.Generator().manual_seed(0))
+    assert norm is start
+    for (name, old), new in zip(net.layout.unflatten(theta).items(), net.layout.unflatten(start).values()):
+        if old.dim() == 4:  # ‖(w' − w)/w‖_F = α: the relative change is the normalised noise
+            assert float(((new - old) / old).norm()) == pytest.approx(1.0, rel=1e-4), name
+        else:
+            assert torch.equal(new, old), name
+    rms = replace(D, perturb=0.01, perturb_mode="rms")
+    start, norm = student_start(theta, net.layout, rms, torch.Generator().manual_seed(0))
+    moved = [t.dim() for t, old in zip(net.layout.unflatten(start).values(), net.layout.unflatten(theta).values())
+             if not torch.equal(t, old)]
+    assert norm is theta and 4 in moved and 2 in moved  # raydd's: every parameter (a zero one stays zero)
+    assert student_start(theta, net.layout, replace(ast, perturb=0.0), torch.Generator())[0] is theta
+
+
+def affine_net(theta: Tensor, x: Tensor) -> Tensor:
+    """A stand-in network: logits = x + θ (one bias per class)."""
+    return x + theta
+
+
+def test_soft_labels_average_the_correct_experts_as_the_reference():
+    from raydd.distill.init import correct_mean_logits, expert_logits
+
+    experts = [torch.tensor([2.0, 0.0]), torch.tensor([0.0, 4.0]), torch.tensor([1.0, 0.0])]
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    # image 0: experts 0 and 2 say 0 → ([2, 0] + [1, 0]) / 2; image 1: only expert 1 says 1;
+    # image 2: none says 1 → the mean over all three (raydd's fallback)
+    torch.testing.assert_close(correct_mean_logits(affine_net, experts, x, labels),
+                               torch.tensor([[1.5, 0.0], [0.0, 4.0], [6.0, 4 / 3]]))
+    torch.testing.assert_close(expert_logits(affine_net, experts, x), torch.tensor([[1.0, 4 / 3], [1.0, 4 / 3], [6.0, 4 / 3]]))
+
+
+def flag_net(theta: Tensor, x: Tensor) -> Tensor:
+    """A stand-in network on 2-feature images: class 0 iff the image's flag for this expert (x·θ) is set."""
+    return torch.stack([x @ theta, torch.full((x.shape[0],), 0.5)], 1)
+
+
+def test_correct_init_takes_expert_zeros_correct_images_then_the_next_experts_as_the_reference():
+    from raydd.distill.init import correct_in_order, correct_indices
+
+    # columns: is image i correct for expert A, for expert B
+    flags = torch.tensor([[0, 1], [1, 1], [0, 0], [0, 0], [1, 0], [0, 1]], dtype=torch.float32)
+    experts = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
+    order = torch.arange(6)
+
+    def pick(ipc: int, order: Tensor = order) -> list[int]:
+        return correct_in_order(order, 0, lambda idx: flags[idx], flag_net, experts, ipc, batch=2).tolist()
+
+    assert pick(1) == [1]               # expert A's first correct image in the order
+    assert pick(2) == [1, 4]            # expert A alone has two
+    assert pick(3) == [0, 1, 4]         # A's two, then B's first new one (in order)
+    assert pick(4) == [0, 1, 4, 5]
+    assert pick(5) == [0, 1, 4, 5, 2]   # every expert's correct ones, then misclassified (raydd's fallback)
+    assert pick(2, torch.tensor([5, 4, 3, 2, 1, 0])) == [4, 1]  # the order decides which of A's come first
+
+    class FirstOnly(list):
+        def __getitem__(self, k):
+            assert k == 0, "expert 1 read although expert 0 had enough"
+            return super().__getitem__(k)
+
+    assert correct_in_order(order, 0, lambda idx: flags[idx], flag_net, FirstOnly(experts), 2).tolist() == [1, 4]
+    labels = torch.tensor([0] * 6 + [1] * 2)
+    images = torch.cat([flags, torch.zeros(2, 2)])
+    idx = correct_indices(labels, lambda i: images[i], flag_net, experts, 2, seed=0)
+    assert sorted(idx[:2].tolist()) == [1, 4] and sorted(idx[2:].tolist()) == [6, 7]  # class 1: 0.5 > 0 always
+    with pytest.raises(ValueError, match="fewer than ipc=3"):
+        correct_indices(labels, lambda i: images[i], flag_net, experts, 3, seed=0)

@@ -110,6 +110,8 @@ CASES = {
     "unknown key": (args("evaluate", "evaluate.epoch=3"), 2, "evaluate.epoch", None),
     "unknown distill.init": (args("distill", "distill.init=bogus"), 2, "unknown distill.init 'bogus'", None),
     "unknown distill.unroll": (args("distill", "distill.unroll=recursive"), 2, "unknown distill.unroll 'recursive'", None),
+    "unknown distill.perturb_mode": (args("distill", "distill.perturb_mode=layer"), 2,
+                                     "unknown distill.perturb_mode 'layer'", None),
     "unknown quantize.encoder": (args("quantize", "method=ddoq", "quantize.encoder=nope"), 2,
                                  "unknown quantize.encoder 'nope'", None),
     "unknown tune.scheduler": (args("tune", "workers=1", "tune.scheduler=hyperband"), 2,

@@ -2,37 +2,93 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from raydd.core.images import DatasetSpec, ImageData, random_indices, to_model_space
+from raydd.core.images import DatasetSpec, ImageData, TooFewImagesError, random_indices, to_model_space
 from raydd.core.kmeans import kmeans, medoids
 from raydd.core.zca import ZCA
 from raydd.models.functional import FlatModel
 from raydd.specs import DistillSpec
 
+Net = Callable[[Tensor, Tensor], Tensor]  # (parameters, images) -> logits, as FlatModel
+
 
 @torch.no_grad()
-def expert_logits(net: FlatModel, experts: list[Tensor], x: Tensor, batch: int = 1024) -> Tensor:
-    """Mean logits of several expert parameter vectors on ``x``."""
-    out = torch.zeros(x.shape[0], net.module(x[:1]).shape[1])
+def logits_of(net: Net, theta: Tensor, x: Tensor, batch: int = 1024) -> Tensor:
+    """One expert's logits on ``x``, in batches."""
+    return torch.cat([net(theta, x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+def expert_logits(net: Net, experts: Sequence[Tensor], x: Tensor) -> Tensor:
+    """Mean logits of several expert parameter vectors on ``x`` (raydd's ``soft_label_init=mean``)."""
+    return sum(logits_of(net, theta, x) for theta in experts) / len(experts)
+
+
+def correct_mean_logits(net: Net, experts: Sequence[Tensor], x: Tensor, labels: Tensor) -> Tensor:
+    """DATM's code: per image, the mean logits of the experts whose argmax is its label.
+
+    An image no expert classifies correctly gets the mean over all of them (raydd's fallback: the
+    reference divides by zero there).
+    """
+    total = every = count = 0
     for theta in experts:
-        out += torch.cat([net(theta, x[i:i + batch]) for i in range(0, x.shape[0], batch)])
-    return out / len(experts)
+        z = logits_of(net, theta, x)
+        ok = (z.argmax(1) == labels).unsqueeze(1)
+        total, every, count = total + z * ok, every + z, count + ok
+    return torch.where(count > 0, total / torch.clamp(count, min=1), every / len(experts))
 
 
-def correct_indices(train: ImageData, x_all: Tensor, net: FlatModel, experts: list[Tensor], ipc: int,
-                    seed: int, pool: int = 20) -> Tensor:
-    """DATM: per class, ``ipc`` random images among a pool that the experts classify correctly."""
+@torch.no_grad()
+def correct_in_order(order: Tensor, label: int, images_of: Callable[[Tensor], Tensor], net: Net,
+                     experts: Sequence[Tensor], ipc: int, batch: int = 256) -> Tensor:
+    """DATM's code for one class: walking ``order`` (the class's indices), the first ``ipc`` images expert 0
+    classifies as ``label``; if too few, those the next experts do, in turn, until ``ipc`` (in ``order``'s order).
+
+    A class still short after every expert is topped up with its misclassified images, in ``order``
+    (raydd's fallback: the reference's loop never ends there).
+    """
+    chosen = torch.zeros(order.numel(), dtype=torch.bool)
+    for k in range(len(experts)):
+        if chosen.sum() >= ipc:
+            break
+        theta = experts[k]  # read only when needed
+        for lo in range(0, order.numel(), batch):
+            ok = net(theta, images_of(order[lo:lo + batch])).argmax(1).cpu() == label
+            new = (ok & ~chosen[lo:lo + batch]).nonzero().squeeze(1)[:ipc - int(chosen.sum())]
+            chosen[lo + new] = True
+            if chosen.sum() >= ipc:
+                break
+    return order[torch.cat([chosen.nonzero().squeeze(1), (~chosen).nonzero().squeeze(1)])[:ipc]]
+
+
+def correct_indices(labels: Tensor, images_of: Callable[[Tensor], Tensor], net: Net, experts: Sequence[Tensor],
+                    ipc: int, seed: int) -> Tensor:
+    """DATM (``init=correct``): per class, ``correct_in_order`` over a random order of all its images."""
     gen = torch.Generator().manual_seed(seed)
     picks = []
-    for c in train.labels.unique(sorted=True):
-        idx = (train.labels == c).nonzero().squeeze(1)
+    for c in labels.unique(sorted=True):
+        idx = (labels == c).nonzero().squeeze(1)
+        if idx.numel() < ipc:
+            raise TooFewImagesError(f"class {int(c)} has {idx.numel()} images, fewer than ipc={ipc}")
+        picks.append(correct_in_order(idx[torch.randperm(idx.numel(), generator=gen)], int(c), images_of, net,
+                                      experts, ipc))
+    return torch.cat(picks)
+
+
+def pooled_correct_indices(labels: Tensor, images_of: Callable[[Tensor], Tensor], net: Net,
+                           experts: Sequence[Tensor], ipc: int, seed: int, pool: int = 20) -> Tensor:
+    """raydd's ``init=correct_pool``: per class, ``ipc`` of a random pool of ``pool·ipc`` images, those the
+    experts' mean logits classify correctly first, then misclassified ones."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique(sorted=True):
+        idx = (labels == c).nonzero().squeeze(1)
         idx = idx[torch.randperm(idx.numel(), generator=gen)[:max(pool * ipc, ipc)]]
-        ok = idx[expert_logits(net, experts, x_all[idx]).argmax(1) == c]
-        rest = idx[~torch.isin(idx, ok)]
-        picks.append(torch.cat([ok, rest])[:ipc])  # top up with misclassified ones if too few are correct
+        ok = expert_logits(net, experts, images_of(idx)).argmax(1) == c
+        picks.append(torch.cat([idx[ok], idx[~ok]])[:ipc])
     return torch.cat(picks)
 
 
@@ -60,17 +116,30 @@ def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) ->
 
 
 def initial_set(d: DistillSpec, train: ImageData, spec: DatasetSpec, ipc: int, seed: int, zca: ZCA | None,
-                net: FlatModel, experts: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Images, labels and (DATM) soft-label logits of the synthetic set before distillation."""
+                net: FlatModel, final: Sequence[Tensor], early: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Images, labels and (DATM) soft-label logits of the synthetic set before distillation.
+
+    ``final``: every expert at its last epoch (DATM's code: ``init=correct``, ``soft_label_init=correct``);
+    ``early``: the first five at ``max_start_epoch`` (raydd's ``correct_pool`` and ``soft_label_init=mean``).
+    Either may read its parameters only when indexed.
+    """
     how = d.init
-    if how == "real":
-        idx = random_indices(train.labels, ipc, seed)
-        images, labels = to_model_space(train.images[idx], spec, zca), train.labels[idx]
-    elif how == "correct":
-        x_all = to_model_space(train.images, spec, zca)
-        idx = correct_indices(train, x_all, net, experts, ipc, seed)
-        images, labels = x_all[idx], train.labels[idx]
+
+    def images_of(idx: Tensor) -> Tensor:
+        return to_model_space(train.images[idx], spec, zca)
+
+    if how in ("real", "correct", "correct_pool"):
+        if how == "real":
+            idx = random_indices(train.labels, ipc, seed)
+        elif how == "correct":
+            idx = correct_indices(train.labels, images_of, net, final, ipc, seed)
+        else:
+            idx = pooled_correct_indices(train.labels, images_of, net, early, ipc, seed)
+        images, labels = images_of(idx), train.labels[idx]
     else:  # kmeans, kmeans_medoid or mean: AST's representatives (raydd.specs checks distill.init)
         images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
-    soft = expert_logits(net, experts, images) if d.soft_labels else None
+    soft = None
+    if d.soft_labels:
+        soft = correct_mean_logits(net, final, images, labels) if d.soft_label_init == "correct" else \
+            expert_logits(net, early, images)
     return images.contiguous(), labels, soft

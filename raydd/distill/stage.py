@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +59,30 @@ def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryS
     return store
 
 
+class StoredParams(Sequence[torch.Tensor]):
+    """Some experts' parameters at one epoch, read from the store only when indexed."""
+
+    def __init__(self, store: TrajectoryStore, experts: list[int], epoch: float) -> None:
+        self.store, self.experts, self.epoch = store, experts, epoch
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.store.params(self.experts[i], self.epoch)
+
+
 def initial_set_for(cfg: dict[str, Any], store: TrajectoryStore, spec: DatasetSpec | None = None,
                     train: ImageData | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The synthetic set before distillation (deterministic in ``cfg.seed``); soft labels from up to 5 experts."""
+    """The synthetic set before distillation (deterministic in ``cfg.seed``): DATM's init reads every expert at
+    its final epoch, raydd's ``correct_pool`` and ``soft_label_init=mean`` the first 5 at ``max_start_epoch``."""
     if spec is None or train is None:
         spec, train, _ = load_dataset(cfg["dataset"])
     d = DistillSpec.from_config(cfg["distill"])
     net = FlatModel(build_model(cfg["model"], spec))
-    experts = [store.params(e, float(d.max_start_epoch)) for e in store.experts[:5]]
-    return initial_set(d, train, spec, cfg["ipc"], cfg["seed"], store.zca(), net, experts)
+    final = StoredParams(store, store.experts, store.epochs)
+    early = StoredParams(store, store.experts[:5], float(d.max_start_epoch))
+    return initial_set(d, train, spec, cfg["ipc"], cfg["seed"], store.zca(), net, final, early)
 
 
 def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbacks: list | None = None,

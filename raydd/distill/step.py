@@ -23,15 +23,41 @@ class StepResult:
     reason: str | None
 
 
-def perturb(theta: Tensor, layout, scale: float, gen: torch.Generator) -> Tensor:
-    """AST weight perturbation: per-parameter Gaussian noise scaled by that parameter's RMS."""
-    if scale <= 0:
+def filter_perturbation(w: Tensor, noise: Tensor, alpha: float) -> Tensor:
+    """AST's code (``weightPerturb``): w + α·(d / ‖d‖_F)⊙w, the noise d normalised over the whole tensor."""
+    return w + alpha * noise / noise.norm() * w
+
+
+def rms_perturbation(t: Tensor, noise: Tensor, scale: float) -> Tensor:
+    """raydd's: t + scale·RMS(t)·d, Gaussian noise in units of the parameter's root mean square."""
+    return t + scale * t.pow(2).mean().sqrt() * noise
+
+
+def perturb(theta: Tensor, layout, d: DistillSpec, gen: torch.Generator) -> Tensor:
+    """AST's weight perturbation of the student's start (``distill.perturb``; 0: none).
+
+    ``filter`` (AST's code): only the 4-D (convolution) weights, each by ``filter_perturbation`` with
+    α = ``perturb``; ``rms``: every parameter by ``rms_perturbation`` with ``perturb`` as the scale.
+    """
+    if d.perturb <= 0:
         return theta
     parts = []
     for t in layout.unflatten(theta).values():
+        if d.perturb_mode == "filter" and t.dim() != 4:
+            parts.append(t.reshape(-1))
+            continue
         noise = torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)
-        parts.append((t + scale * t.pow(2).mean().sqrt() * noise).reshape(-1))
+        moved = filter_perturbation(t, noise, d.perturb) if d.perturb_mode == "filter" else \
+            rms_perturbation(t, noise, d.perturb)
+        parts.append(moved.reshape(-1))
     return torch.cat(parts)
+
+
+def student_start(expert_start: Tensor, layout, d: DistillSpec, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The student's (perturbed) start and the start the matching loss normalises by: the perturbed one
+    for ``perturb_mode=filter`` (AST's code), the expert's own for ``rms`` (raydd's)."""
+    start = perturb(expert_start, layout, d, gen)
+    return start, start if d.perturb_mode == "filter" else expert_start
 
 
 def unroll_spec(d: DistillSpec) -> UnrollSpec:
@@ -57,6 +83,7 @@ def compute_gradients(state: ShardState, shards: ShardMap, labels: Tensor, rank:
 
 
 def segment_targets(store, seg: Segment, start: Tensor) -> Targets:
+    """The segment's expert targets; ``start`` is what the matching loss normalises by."""
     return Targets(start, seg.target_steps, [store.params(seg.expert, e).to(start.device) for e in seg.target_epochs],
                    seg.weights)
 

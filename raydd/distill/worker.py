@@ -23,7 +23,8 @@ from raydd.distill.guards import DivergedError, Guard
 from raydd.distill.sampling import sample_segment
 from raydd.distill.sharding import ShardMap
 from raydd.distill.state import ShardState, load_shard, make_optimizers, new_state, save_shard
-from raydd.distill.step import apply_step, compute_gradients, grads_finite, perturb, segment_targets, unroll_spec
+from raydd.distill.step import (apply_step, compute_gradients, grads_finite, segment_targets, student_start,
+                                unroll_spec)
 from raydd.distill.unroll import local_sum
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
@@ -141,10 +142,9 @@ def train_fn(config: dict[str, Any]) -> None:
         sent = getattr(reduce, "bytes", 0)
         seg = sample_segment(it, store.experts, d, gen)
         expert_start = store.params(seg.expert, seg.start).to(device)
-        student_start = perturb(expert_start, net.layout, d.perturb, gen)
-        loss = compute_gradients(state, shards, labels, rank, net, student_start,
-                                 segment_targets(store, seg, expert_start), d, inner, gen, reduce,
-                                 seg.inner_scale)
+        start, norm_start = student_start(expert_start, net.layout, d, gen)
+        loss = compute_gradients(state, shards, labels, rank, net, start, segment_targets(store, seg, norm_start), d,
+                                 inner, gen, reduce, seg.inner_scale)
         bad = torch.tensor(0.0 if grads_finite(state) else 1.0, device=device)
         finite = bool(reduce(bad) == 0)
         try:
