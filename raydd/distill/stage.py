@@ -43,6 +43,7 @@ def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryS
         raise NotFoundError(f"no expert trajectories at {loc.uri}: run `raydd experts` with the same "
                             "dataset/model/experts settings first (or set experts.store)")
     store = TrajectoryStore.open(loc)
+    store.check_openable()
     made_for = (store.meta["dataset"]["name"], model_tag(store.meta["model"]))
     if made_for != (cfg["dataset"]["name"], model_tag(cfg["model"])):
         raise ConfigError(f"the expert store {loc.uri} was made for {made_for[0]} with {made_for[1]}, not "

@@ -381,6 +381,16 @@ class TrajectoryStore:
             raise CorruptShardError("; ".join(bad))
         return len(self.experts)
 
+    def check_openable(self) -> None:
+        """Open every shard's Arrow file (its footer; no parameter rows are read), so a truncated or foreign
+        shard is named before any work; row checksums are checked as rows are read (``verify`` reads all)."""
+        for expert_id in self.experts:
+            try:
+                self._reader(expert_id)
+            except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+                self._drop_reader(expert_id)
+                raise _corrupt(self.shard_uri(expert_id), f"{type(e).__name__}: {e}") from e
+
     def _entry(self, expert_id: int) -> dict[str, Any]:
         if expert_id not in self._entries:
             raise KeyError(f"expert {expert_id} is not in store {self.loc.uri} (experts: {self.experts})")
