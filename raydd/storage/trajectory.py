@@ -116,6 +116,9 @@ def write_shard(store: Location, rows: ShardRows, meta: dict[str, Any], dtype: s
             "file_sha256": hashlib.sha256(data).hexdigest(), "rows": len(rows.epoch)}
 
 
+READ_ERRORS = (pa.ArrowException, OSError, KeyError, ValueError)  # what reading a broken shard raises
+
+
 def _corrupt(uri: str, reason: str) -> CorruptShardError:
     return CorruptShardError(f"corrupt trajectory shard {uri}: {reason}")
 
@@ -161,7 +164,7 @@ def decode_shard(data: bytes, uri: str) -> tuple[ShardRows, dict[str, Any]]:
                 getattr(rows, name).append(batch.column(name)[0].as_py())
     except CorruptShardError:
         raise
-    except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+    except READ_ERRORS as e:
         raise _corrupt(uri, f"{type(e).__name__}: {e}") from e
     if total.hexdigest() != meta["checksum"]:
         raise _corrupt(uri, "params checksum does not match the schema's")
@@ -341,7 +344,7 @@ class TrajectoryStore:
         """The shard's schema metadata (store meta plus seed, row epochs, checksum); reads the footer only."""
         try:
             return self._reader(expert_id)[1]
-        except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+        except READ_ERRORS as e:
             self._drop_reader(expert_id)
             raise _corrupt(self.shard_uri(expert_id), f"{type(e).__name__}: {e}") from e
 
@@ -387,7 +390,7 @@ class TrajectoryStore:
         for expert_id in self.experts:
             try:
                 self._reader(expert_id)
-            except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+            except READ_ERRORS as e:
                 self._drop_reader(expert_id)
                 raise _corrupt(self.shard_uri(expert_id), f"{type(e).__name__}: {e}") from e
 
@@ -420,7 +423,7 @@ class TrajectoryStore:
         except CorruptShardError:
             self._drop_reader(expert_id)
             raise
-        except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+        except READ_ERRORS as e:
             self._drop_reader(expert_id)
             raise _corrupt(uri, f"{type(e).__name__}: {e}") from e
         if values is None or values.size != self.layout.numel:
