@@ -257,6 +257,20 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class LoaderSpec:
+    """The ``loader`` group: how stages read a split of real images (in memory, or streamed by Ray Data)."""
+
+    mode: str
+    memory_limit_gb: float
+    shuffle_shards: int
+    prefetch_blocks: int
+
+    @classmethod
+    def from_config(cls, d: dict[str, Any]) -> LoaderSpec:
+        return _build(cls, d, "loader")
+
+
+@dataclass(frozen=True)
 class TuneSpec:
     """The ``tune`` group: the sweep's space, scheduler and limits."""
 
@@ -320,6 +334,7 @@ class RunSpec:
     quantize: QuantizeSpec
     evaluate: EvaluateSpec
     data: DataSpec
+    loader: LoaderSpec
     tune: TuneSpec
     storage: StorageSpec
 
@@ -327,7 +342,7 @@ class RunSpec:
     def from_config(cls, cfg: dict[str, Any]) -> RunSpec:
         groups = {"method": MethodSpec, "dataset": DatasetCfg, "model": ModelSpec, "experts": ExpertsSpec,
                   "distill": DistillSpec, "quantize": QuantizeSpec, "evaluate": EvaluateSpec, "data": DataSpec,
-                  "tune": TuneSpec, "storage": StorageSpec}
+                  "loader": LoaderSpec, "tune": TuneSpec, "storage": StorageSpec}
         top = {k: cfg.get(k) for k in ("ipc", "seed", "workers", "run_name", "ray_address", "zca", "channels_last", "tracking")}
         return cls(**top, **{k: g.from_config(cfg[k]) for k, g in groups.items()})
 
@@ -485,6 +500,17 @@ def check_tune(spec: RunSpec, cfg: dict[str, Any]) -> None:
                           f"and below distill.iterations={d.iterations}")
 
 
+LOADER_MODES = ("auto", "memory", "stream")
+
+
+def check_loader(lo: LoaderSpec) -> None:
+    _choice(lo.mode, "loader.mode", LOADER_MODES)
+    if not isinstance(lo.memory_limit_gb, (int, float)) or isinstance(lo.memory_limit_gb, bool) or lo.memory_limit_gb < 0:
+        raise ConfigError(f"loader.memory_limit_gb must be a number >= 0, got {lo.memory_limit_gb!r}")
+    _positive_int(lo.shuffle_shards, "loader.shuffle_shards")
+    _positive_int(lo.prefetch_blocks, "loader.prefetch_blocks")
+
+
 def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str]) -> None:
     """Every check that needs no data: names, ranges, and what the stage's method needs."""
     if spec.dataset.name not in datasets:
@@ -505,6 +531,7 @@ def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str
     check_distill(spec.distill, spec.experts.epochs, window=stage in ("distill", "pipeline", "tune"))
     check_quantize(spec.quantize)
     check_evaluate(spec.evaluate)
+    check_loader(spec.loader)
     if stage == "data":
         if not spec.data.out:
             raise ConfigError("raydd data needs data.out (a local path or s3://bucket/prefix for the Parquet shards)")

@@ -69,6 +69,16 @@ def read_meta(loc: Location, split: str) -> dict:
     return meta
 
 
+def shard_labels(loc: Location, path: str, classes: list[int] | None = None) -> np.ndarray:
+    """One shard's labels (only the label column is read), optionally only those in ``classes``."""
+    try:
+        with loc.fs.open_input_file(path) as f:
+            labels = pq.read_table(f, columns=["label"]).column("label").to_numpy()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CorruptError(f"corrupt Parquet shard {path}: {str(e).splitlines()[0]}") from e
+    return labels if classes is None else labels[np.isin(labels, classes)]
+
+
 def read_split(loc: Location, split: str, classes: list[int] | None = None) -> ImageData:
     """Read a split (optionally only some classes, filtered at the Parquet level)."""
     meta = read_meta(loc, split)

@@ -8,8 +8,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from raydd.core.images import DatasetSpec, ImageData
 from raydd.data import parquet, sources
+from raydd.data.split import Shards, Split
+from raydd.specs import ConfigError, LoaderSpec
 from raydd.storage.fs import resolve
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -96,10 +101,52 @@ def load_split(cfg: dict[str, Any], split: str, classes: list[int] | None = None
     load = partial(entry.load, image_size=dataset_spec(cfg).image_size) if entry.sized else entry.load
     data = load(root, split)
     if classes is not None:
-        import torch
-
         data = data.subset(torch.isin(data.labels, torch.tensor(classes)))
     return data
+
+
+def is_parquet(cfg: dict[str, Any]) -> bool:
+    return bool(_get(cfg, "uri")) or cfg["name"] == "parquet"
+
+
+def open_split(cfg: dict[str, Any], loader: LoaderSpec, split: str, classes: list[int] | None = None) -> Split:
+    """``split`` of the configured dataset (only ``classes``, if given), in memory or streamed from its Parquet
+    shards through Ray Data: ``loader.mode``, where ``auto`` streams a split whose float32 size exceeds
+    ``loader.memory_limit_gb``. Prints the decision; reads only the label column before deciding."""
+    spec = dataset_spec(cfg)
+    float_gb = 4 * spec.channels * spec.image_size ** 2 / 1e9
+    what = f"{spec.name} {split}" + (f" (classes {classes[0]}…{classes[-1]})" if classes else "")
+    limit = f"loader.memory_limit_gb={loader.memory_limit_gb:g}"
+    if not is_parquet(cfg):
+        if loader.mode == "stream":
+            raise ConfigError(f"loader.mode=stream reads Parquet shards: write {spec.name} with `raydd data "
+                              f"dataset={spec.name} data.out=<uri>`, then set dataset.uri=<uri>")
+        if DATASETS[cfg["name"]].sized and loader.mode == "auto":
+            gb = len(sources.image_folder_samples(source_root(cfg), "train" if split == "train" else "val")) * float_gb
+            if gb > loader.memory_limit_gb:
+                raise ConfigError(f"{what} is {gb:.1f} GB as float32, over {limit}: write it as Parquet shards "
+                                  f"(raydd data dataset={spec.name} data.out=<uri>) and read them with dataset.uri=<uri>")
+        data = load_split(cfg, split, classes)
+        print(f"{what}: {len(data)} images, {len(data) * float_gb:.2f} GB as float32: in memory")
+        return Split(data.labels, [len(data)], loader, data=data)
+    loc = resolve(cfg["uri"], cfg.get("endpoint_url"))
+    meta = parquet.read_meta(loc, split)
+    found = [(path, parquet.shard_labels(loc, path, classes)) for path in parquet.shard_paths(loc, split)]
+    found = [(path, labels) for path, labels in found if labels.size]
+    labels = torch.from_numpy(np.concatenate([labels for _, labels in found] or [np.empty(0, np.int64)]))
+    sizes = [labels.size for _, labels in found]
+    gb = labels.numel() * float_gb
+    if loader.mode == "memory" or (loader.mode == "auto" and gb <= loader.memory_limit_gb):
+        data = parquet.read_split(loc, split, classes)
+        print(f"{what}: {len(data)} images, {gb:.2f} GB as float32 (≤ {limit}): in memory")
+        return Split(data.labels, sizes, loader, data=data)
+    paths = tuple(path for path, _ in found)
+    shards = Shards(loc.uri, cfg.get("endpoint_url"), paths, tuple(sizes),
+                    tuple(loc.fs.get_file_info(list(paths))[i].size for i in range(len(paths))),
+                    None if classes is None else tuple(classes), (meta["channels"], meta["height"], meta["width"]))
+    print(f"{what}: {labels.numel()} images, {gb:.2f} GB as float32 ({'loader.mode=stream' if loader.mode == 'stream' else '> ' + limit}): "
+          f"streamed from {len(paths)} Parquet shards through Ray Data, {loader.shuffle_shards} shards per shuffle run")
+    return Split(labels, sizes, loader, shards=shards)
 
 
 def load_dataset(cfg: dict[str, Any]) -> tuple[DatasetSpec, ImageData, ImageData]:

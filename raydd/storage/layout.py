@@ -36,7 +36,8 @@ def store_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     (not where or how fast the experts train, nor where the dataset is read from)."""
     return {"experts": {k: v for k, v in cfg["experts"].items() if k not in EXPERTS_ORCHESTRATION_KEYS},
             "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATA_LOCATION_KEYS},
-            "model": cfg["model"], "seed": cfg["seed"], "zca": bool(cfg["zca"])}
+            "model": cfg["model"], "seed": cfg["seed"], "zca": bool(cfg["zca"]),
+            "shuffle_shards": cfg["loader"]["shuffle_shards"]}
 
 
 def experts_location(cfg: dict[str, Any]) -> Location:
