@@ -16,6 +16,7 @@ from s3_fixtures import BUCKET, ray_session, s3_endpoint  # noqa: F401  (fixture
 from raydd.config import compose
 from raydd.core.images import to_model_space
 from raydd.data.registry import load_dataset
+from raydd.data.split import Split
 from raydd.experts.progress import PROGRESS_PREFIX
 from raydd.experts.stage import run
 from raydd.experts.train import (clip_loss, clip_scale, epoch_lr, input_gradient_penalty, objective,
@@ -23,13 +24,17 @@ from raydd.experts.train import (clip_loss, clip_scale, epoch_lr, input_gradient
 from raydd.experts.worker import expert_seed
 from raydd.models.functional import flatten_params
 from raydd.models.registry import build_model
-from raydd.specs import ExpertsSpec
+from raydd.specs import ExpertsSpec, LoaderSpec
 from raydd.storage.layout import experts_location
 from raydd.storage.trajectory import StoreMismatchError, TrajectoryStore
 
 
 def experts_spec(*overrides: str) -> ExpertsSpec:
     return ExpertsSpec.from_config(compose(list(overrides))["experts"])
+
+
+def in_memory(data) -> Split:
+    return Split.in_memory(data, LoaderSpec.from_config(compose([])["loader"]))
 
 
 def small_cfg(tmp_path, *overrides: str) -> dict:
@@ -127,8 +132,8 @@ def test_train_expert_snapshots_and_is_deterministic(variant):
         torch.manual_seed(7)
         model = build_model(cfg["model"], spec)
         init = flatten_params(model)
-        x, tx = to_model_space(train.images, spec), to_model_space(test.images, spec)
-        return init, train_expert(model, x, train.labels, tx, test.labels, espec, seed=7)
+        return init, train_expert(model, in_memory(train), in_memory(test), lambda x: to_model_space(x, spec), espec,
+                                  seed=7)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -168,8 +173,8 @@ def test_stage_commits_resumes_and_reproduces(tmp_path, cluster):
     try:
         torch.manual_seed(expert_seed(cfg["seed"], 1))
         model = build_model(cfg["model"], spec)
-        local = train_expert(model, to_model_space(train.images, spec), train.labels, to_model_space(test.images, spec),
-                             test.labels, ExpertsSpec.from_config(cfg["experts"]), expert_seed(cfg["seed"], 1))
+        local = train_expert(model, in_memory(train), in_memory(test), lambda x: to_model_space(x, spec),
+                             ExpertsSpec.from_config(cfg["experts"]), expert_seed(cfg["seed"], 1))
     finally:
         torch.set_num_threads(threads)
     for epoch in range(3):
@@ -228,3 +233,42 @@ def test_stage_on_s3_convex_float16_with_zca(tmp_path, cluster):
     assert torch.equal(store.params(0, 0.0), rows.params[0]) and torch.equal(store.params(0, 3.0), rows.params[2])
     mid = store.params(0, 2.5)
     torch.testing.assert_close(mid, torch.lerp(rows.params[0], rows.params[2], (rows.alpha[1] + 1) / 2), atol=1e-6, rtol=0)
+
+
+def digits_parquet(tmp_path) -> str:
+    """digits as raydd Parquet shards of 300 rows (5 train shards)."""
+    from raydd.cli import main
+
+    out = str(tmp_path / "digits-parquet")
+    assert main(["data", "dataset=digits", f"data.out={out}", "data.rows_per_shard=300", f"storage.root={tmp_path}"]) == 0
+    return out
+
+
+def test_streamed_experts_equal_in_memory_ones_and_reruns(tmp_path, cluster):
+    """The same seed gives the same trajectory read in memory or streamed through Ray Data, and again on a re-run."""
+    data = digits_parquet(tmp_path)
+    stores = []
+    for i, mode in enumerate(["memory", "stream", "stream"]):
+        cfg = small_cfg(tmp_path / f"run{i}", "dataset=parquet", f"dataset.uri={data}", f"loader.mode={mode}")
+        summary = run(cfg)
+        assert summary["trained"] == 2
+        stores.append(TrajectoryStore.open(experts_location(cfg)))
+    for store in stores[1:]:
+        for expert in (0, 1):
+            assert torch.equal(store.read(expert).params[-1], stores[0].read(expert).params[-1])
+            assert all(torch.equal(a, b) for a, b in zip(store.read(expert).params, stores[0].read(expert).params))
+
+
+def test_corrupt_shard_met_mid_stream_fails_the_expert_and_writes_no_shard(tmp_path, cluster):
+    data = digits_parquet(tmp_path)
+    bad = tmp_path / "digits-parquet" / "train" / "part-00002.parquet"
+    raw = bytearray(bad.read_bytes())
+    raw[4:64] = b"\xff" * 60  # the first page header: the labels (read at open) still read, the images do not
+    bad.write_bytes(bytes(raw))
+    cfg = small_cfg(tmp_path, "dataset=parquet", f"dataset.uri={data}", "loader.mode=stream", "experts.num=1")
+    from raydd.errors import CorruptError
+
+    with pytest.raises(CorruptError, match=r"^expert 0: corrupt Parquet shard .*part-00002\.parquet: .*no shard was written"):
+        run(cfg)
+    store_dir = experts_location(cfg).path
+    assert not [f for f in os.listdir(store_dir) if f.endswith(".arrow") or f.startswith(".tmp")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -81,12 +81,17 @@ def train_on_set(model: nn.Module, images: Tensor, labels: Tensor, spec: TrainSp
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` on a (normalised, possibly whitened) test set, on the model's device."""
+def batch_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """Top-1 accuracy of ``model`` over ``(images, labels)`` batches, each moved to the model's device."""
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start:start + batch_size].to(device))
-        correct += (logits.argmax(1).cpu() == labels[start:start + batch_size].cpu()).sum().item()
-    return correct / max(1, images.shape[0])
+    correct = total = 0
+    for images, labels in batches:
+        correct += (model(images.to(device)).argmax(1).cpu() == labels.cpu()).sum().item()
+        total += labels.numel()
+    return correct / max(1, total)
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` on a (normalised, possibly whitened) test set, on the model's device."""
+    return batch_accuracy(model, zip(images.split(batch_size), labels.split(batch_size)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,15 +11,18 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 
-def _mean_and_covariance(x: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """Float64 feature mean and unbiased covariance of N×... ``x``, in row chunks."""
-    flat = x.flatten(1)
-    mean = flat.mean(0, dtype=torch.float64)
-    cov = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64, device=x.device)
-    for rows in flat.split(chunk):
-        centred = rows.double() - mean
+def _mean_and_covariance(chunks: Callable[[], Iterable[Tensor]]) -> tuple[Tensor, Tensor]:
+    """Float64 feature mean and unbiased covariance of the rows of ``chunks()`` (called twice: one pass each)."""
+    total, n = None, 0
+    for rows in chunks():
+        total = rows.flatten(1).sum(0, dtype=torch.float64) + (0 if total is None else total)
+        n += rows.shape[0]
+    mean = total / n
+    cov = torch.zeros(mean.numel(), mean.numel(), dtype=torch.float64, device=mean.device)
+    for rows in chunks():
+        centred = rows.flatten(1).double() - mean
         cov.addmm_(centred.T, centred)
-    return mean, cov / (flat.shape[0] - 1)
+    return mean, cov / (n - 1)
 
 
 @dataclass
@@ -37,7 +41,12 @@ class ZCA:
     @classmethod
     def fit(cls, x: Tensor, reg: float = 0.1) -> ZCA:
         """Fit on N×C×H×W float images (computed in float64, stored float32)."""
-        mean, cov = _mean_and_covariance(x)
+        return cls.fit_batches(lambda: x.split(4096), reg)
+
+    @classmethod
+    def fit_batches(cls, batches: Callable[[], Iterable[Tensor]], reg: float = 0.1) -> ZCA:
+        """Fit on the float images of ``batches()``, a pass that can be made twice (e.g. a streamed split)."""
+        mean, cov = _mean_and_covariance(batches)
         eigvals, eigvecs = torch.linalg.eigh(cov)
         shifted = eigvals.clamp(min=0) + reg
         whiten = (eigvecs * shifted.rsqrt()) @ eigvecs.T

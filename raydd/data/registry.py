@@ -128,7 +128,7 @@ def open_split(cfg: dict[str, Any], loader: LoaderSpec, split: str, classes: lis
                                   f"(raydd data dataset={spec.name} data.out=<uri>) and read them with dataset.uri=<uri>")
         data = load_split(cfg, split, classes)
         print(f"{what}: {len(data)} images, {len(data) * float_gb:.2f} GB as float32: in memory")
-        return Split(data.labels, [len(data)], loader, data=data)
+        return Split.in_memory(data, loader)
     loc = resolve(cfg["uri"], cfg.get("endpoint_url"))
     meta = parquet.read_meta(loc, split)
     found = [(path, parquet.shard_labels(loc, path, classes)) for path in parquet.shard_paths(loc, split)]
@@ -139,7 +139,7 @@ def open_split(cfg: dict[str, Any], loader: LoaderSpec, split: str, classes: lis
     if loader.mode == "memory" or (loader.mode == "auto" and gb <= loader.memory_limit_gb):
         data = parquet.read_split(loc, split, classes)
         print(f"{what}: {len(data)} images, {gb:.2f} GB as float32 (≤ {limit}): in memory")
-        return Split(data.labels, sizes, loader, data=data)
+        return Split.in_memory(data, loader, sizes)
     paths = tuple(path for path, _ in found)
     shards = Shards(loc.uri, cfg.get("endpoint_url"), paths, tuple(sizes),
                     tuple(loc.fs.get_file_info(list(paths))[i].size for i in range(len(paths))),

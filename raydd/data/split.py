@@ -62,6 +62,11 @@ class Split:
     shards: Shards | None = None
     bytes_read: int = field(default=0, compare=False)
 
+    @classmethod
+    def in_memory(cls, data: ImageData, loader: LoaderSpec, sizes: list[int] | None = None) -> Split:
+        """``data`` held whole; ``sizes``: its shards' rows in storage order (default: one shard)."""
+        return cls(data.labels, sizes or [len(data)], loader, data=data)
+
     @property
     def streamed(self) -> bool:
         return self.shards is not None

@@ -9,6 +9,8 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
+from raydd.errors import RayddError
+
 PROGRESS_PREFIX = "raydd-experts-progress-"
 
 
@@ -35,8 +37,9 @@ def start_progress() -> Any:
 
 
 def wait_for_experts(jobs: dict[ray.ObjectRef, int], progress: Any, epochs: int,
-                     on_result: Callable[[int, Any], None]) -> dict[int, str]:
-    """Drain ``jobs`` (ref → expert id) as they finish, calling ``on_result``; returns failures by expert."""
+                     on_result: Callable[[int, Any], None]) -> dict[int, str | RayddError]:
+    """Drain ``jobs`` (ref → expert id) as they finish, calling ``on_result``; returns failures by expert: the
+    raydd error a task raised (bad data: not retried), else the last line of what killed it."""
     total = len(jobs)
     bar = tqdm(total=total * epochs, unit="epoch", desc=f"experts 0/{total}", mininterval=2.0, smoothing=0.05)
     pending, finished, failures = list(jobs), set(), {}
@@ -48,7 +51,9 @@ def wait_for_experts(jobs: dict[ray.ObjectRef, int], progress: Any, epochs: int,
             try:
                 on_result(expert_id, ray.get(ref))
             except ray.exceptions.RayError as e:
-                failures[expert_id] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"
+                cause = getattr(e, "cause", None)
+                failures[expert_id] = cause if isinstance(cause, RayddError) else \
+                    f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"
         state = ray.get(progress.state.remote())
         running = sum(min(epochs, ep) for i, (ep, _) in state.items() if i not in finished)
         bar.n = len(finished) * epochs + running

@@ -16,16 +16,17 @@ import ray
 from safetensors.torch import load, save
 from tqdm import tqdm
 
-from raydd.core.images import DatasetSpec, ImageData, normalize
+from raydd.core.images import DatasetSpec, normalize
 from raydd.core.zca import ZCA
-from raydd.data.registry import dataset_spec, load_dataset
-from raydd.errors import RunError
+from raydd.data.registry import dataset_spec, open_split
+from raydd.data.split import Split
+from raydd.errors import RayddError, RunError
 from raydd.experts.progress import start_progress, wait_for_experts
 from raydd.experts.worker import train_and_commit
 from raydd.models.functional import ParamLayout
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
-from raydd.specs import ExpertsSpec
+from raydd.specs import ExpertsSpec, LoaderSpec
 from raydd.storage.fs import Location, check_reachable, s3_endpoint
 from raydd.storage.layout import experts_location, store_settings
 from raydd.storage.trajectory import (ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
@@ -44,14 +45,14 @@ def store_meta(cfg: dict[str, Any], spec: DatasetSpec, layout: ParamLayout) -> d
             "zca": config["zca"], "config_hash": config_hash(config), "config": config}
 
 
-def prepare_zca(cfg: dict[str, Any], store: Location, spec: DatasetSpec, train: ImageData) -> ZCA | None:
-    """The store's ZCA (fitted on the normalised training set, reg 0.1, once), or None without ``zca``."""
+def prepare_zca(cfg: dict[str, Any], store: Location, spec: DatasetSpec, train: Split) -> ZCA | None:
+    """The store's ZCA (fitted on the normalised training set, reg 0.1, once, in batches), or None without ``zca``."""
     if not cfg["zca"]:
         return None
     target = store.join(ZCA_FILE)
     if target.exists():
         return ZCA.from_tensors(load(target.read_bytes()))
-    zca = ZCA.fit(normalize(train.images, spec), reg=0.1)
+    zca = ZCA.fit_batches(lambda: (normalize(b.images, spec) for b in train.batches(4096)), reg=0.1)
     target.write_bytes_atomic(save(zca.to_tensors()))
     return zca
 
@@ -59,7 +60,8 @@ def prepare_zca(cfg: dict[str, Any], store: Location, spec: DatasetSpec, train: 
 def train_missing(cfg: dict[str, Any], store: Location, manifest: dict[str, Any], todo: list[int]) -> dict[int, Any]:
     """Train the ``todo`` experts as Ray tasks; commit each to the manifest as it finishes."""
     e = ExpertsSpec.from_config(cfg["experts"])
-    spec, train, test = load_dataset(cfg["dataset"])
+    spec, loader = dataset_spec(cfg["dataset"]), LoaderSpec.from_config(cfg["loader"])
+    train, test = open_split(cfg["dataset"], loader, "train"), open_split(cfg["dataset"], loader, "test")
     zca = prepare_zca(cfg, store, spec, train)
     progress = start_progress()
     task = _train_and_commit.options(num_cpus=e.resources.cpus, num_gpus=e.resources.gpus, max_retries=e.max_retries)
@@ -79,6 +81,10 @@ def train_missing(cfg: dict[str, Any], store: Location, manifest: dict[str, Any]
     failures = wait_for_experts(jobs, progress, e.epochs, commit)
     ray.kill(progress)
     remove_temp_files(store)
+    for expert_id, error in sorted(failures.items()):
+        if isinstance(error, RayddError):  # bad input: the same error line, naming the expert
+            raise type(error)(f"expert {expert_id}: {str(error).splitlines()[0]} (no shard was written for it; "
+                              f"{len(manifest['shards'])} committed experts are kept)")
     if failures:
         raise RunError(f"{len(failures)} expert(s) failed after {e.max_retries} retries (committed experts are "
                            f"kept; re-run to resume): " + "; ".join(f"expert {i}: {m}" for i, m in sorted(failures.items())))

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raydd.core.dsa import DEFAULT_STRATEGY, dsa
-from raydd.core.train import accuracy
+from raydd.core.train import batch_accuracy
+from raydd.data.split import Split
 from raydd.models.functional import flatten_params
 from raydd.specs import ExpertsSpec
+
 
 @dataclass
 class ExpertRun:
@@ -82,43 +84,48 @@ def sgd(params: list[Tensor], spec: ExpertsSpec, lr: float) -> torch.optim.Optim
     return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
-def train_expert(model: nn.Module, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor,
+def split_accuracy(model: nn.Module, split: Split, prepare: Callable[[Tensor], Tensor], batch_size: int = 1024) -> float:
+    """Top-1 accuracy over ``split`` in storage order, each uint8 batch ``prepare``d (decoded on the device)."""
+    return batch_accuracy(model, ((prepare(b.images), b.labels) for b in split.batches(batch_size)))
+
+
+def train_expert(model: nn.Module, train: Split, test: Split, prepare: Callable[[Tensor], Tensor],
                  spec: ExpertsSpec, seed: int,
                  on_epoch: Callable[[int, float, float], None] | None = None) -> ExpertRun:
     """SGD for ``spec.epochs`` epochs with a seeded batch order and DSA; ``on_epoch(epoch, loss, acc)`` after each.
 
-    The lr decay starts a fresh optimiser (no momentum carried over), as the reference does.
+    ``prepare`` turns a uint8 batch into what the model sees, on its device (normalise, ZCA), so only a
+    batch is ever decoded. The lr decay starts a fresh optimiser (no momentum carried over), as the reference does.
     """
     gen = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
+    device = params[0].device
     lr = epoch_lr(spec, 0)
     opt = sgd(params, spec, lr)
     snapshots = [flatten_params(model).cpu()]
     losses: list[float | None] = [None]
-    accs = [accuracy(model, test_images, test_labels)]
-    n = images.shape[0]
+    accs = [split_accuracy(model, test, prepare)]
     for epoch in range(spec.epochs):
         if epoch_lr(spec, epoch) != lr:
             lr = epoch_lr(spec, epoch)
             opt = sgd(params, spec, lr)
         model.train()
-        total = torch.zeros((), device=images.device)
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, spec.batch_size):
-            idx = order[start:start + spec.batch_size].to(images.device)
-            clean = x = images[idx]
+        total = torch.zeros((), device=device)
+        for batch in train.epoch(gen, spec.batch_size):
+            clean = x = prepare(batch.images)
+            labels = batch.labels.to(device)
             if spec.dsa:
                 x = dsa(x, seed=int(torch.randint(2**31, (1,), generator=gen)), strategy=DEFAULT_STRATEGY)
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=spec.amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.amp):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels[idx])
-            total += loss.detach() * idx.numel()
+            loss = F.cross_entropy(logits.float(), labels)
+            total += loss.detach() * labels.numel()
             opt.zero_grad(set_to_none=True)
             objective(loss, model, clean, spec, epoch).backward()
             opt.step()
         snapshots.append(flatten_params(model).cpu())
-        losses.append(float(total) / n)
-        accs.append(accuracy(model, test_images, test_labels))
+        losses.append(float(total) / len(train))
+        accs.append(split_accuracy(model, test, prepare))
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1], accs[-1])
     return ExpertRun(torch.stack(snapshots), losses, accs)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from typing import Any
 
 import torch
 
 from raydd.core.convex import convexify, knot_rows
-from raydd.core.images import DatasetSpec, ImageData, to_model_space
+from raydd.core.images import DatasetSpec, to_model_space
 from raydd.core.zca import ZCA
+from raydd.data.split import Split
 from raydd.experts.train import ExpertRun, train_expert
 from raydd.models.registry import build_model
 from raydd.runtime import reuse_heap, task_device
@@ -35,9 +37,10 @@ def shard_rows(expert_id: int, run: ExpertRun, form: str, points: int) -> ShardR
 
 
 def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoint_url: str | None,
-                     spec: DatasetSpec, train: ImageData, test: ImageData, zca: ZCA | None,
+                     spec: DatasetSpec, train: Split, test: Split, zca: ZCA | None,
                      meta: dict[str, Any], progress: Any = None) -> dict[str, Any]:
-    """Train expert ``expert_id`` with its own seed, write its shard; returns the manifest entry and stats."""
+    """Train expert ``expert_id`` with its own seed, write its shard; returns the manifest entry and stats
+    (``peak_rss_mb``: this worker process's peak resident memory so far; ``bytes_read``: Parquet bytes streamed)."""
     reuse_heap()
     e = ExpertsSpec.from_config(cfg["experts"])
     seed = expert_seed(cfg["seed"], expert_id)
@@ -50,10 +53,10 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
     report = None if progress is None else (lambda epoch, loss, acc: progress.report.remote(expert_id, epoch, pid))
     if progress is not None:
         progress.report.remote(expert_id, 0, pid)
-    run = train_expert(model, to_model_space(train.images, spec, zca).to(device), train.labels.to(device),
-                       to_model_space(test.images, spec, zca).to(device), test.labels.to(device),
-                       e, seed, report)
+    zca = None if zca is None else zca.to(device)
+    run = train_expert(model, train, test, lambda x: to_model_space(x.to(device), spec, zca), e, seed, report)
     rows = shard_rows(expert_id, run, e.form, e.convex_points)
     entry = write_shard(resolve(store_uri, endpoint_url), rows, {**meta, "seed": seed}, e.dtype)
     return {"entry": entry, "test_acc": run.test_acc[-1], "seconds": time.time() - started,
-            "cpu_seconds": time.process_time() - cpu}
+            "cpu_seconds": time.process_time() - cpu, "bytes_read": train.bytes_read + test.bytes_read,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
