@@ -101,6 +101,8 @@ def summarize(store: Location, manifest: dict[str, Any], results: dict[int, Any]
             "seconds": round(seconds, 2), "experts_per_hour": len(results) * 3600 / seconds if results else 0.0,
             "mb_per_s": written / 1e6 / seconds if results else 0.0,
             "cpu_seconds_per_expert": statistics.fmean(r["cpu_seconds"] for r in results.values()) if results else None,
+            "peak_rss_mb": max((r["peak_rss_mb"] for r in results.values()), default=None),
+            "bytes_read": sum(r["bytes_read"] for r in results.values()),
             "test_acc_final_mean": statistics.fmean(final_acc) if final_acc else None}
 
 
