@@ -189,3 +189,45 @@ def test_parquet_shards_on_s3_in_and_set_on_s3_out(tmp_path, ray_session):
     assert len(ds) == 20
     for c in range(10):
         assert float(ds.weights[ds.labels == c].sum()) == int((train.labels == c).sum())
+
+
+def test_memory_groups_cut_a_task_s_classes_by_size():
+    sizes = {0: 10, 1: 10, 2: 30, 3: 5, 4: 5}
+    assert stage.memory_groups([0, 1, 2, 3, 4], sizes, 1, 20) == [[0, 1], [2], [3, 4]]
+    assert stage.memory_groups([3, 4], sizes, 2, 0) == [[3], [4]]
+
+
+def _parquet_digits(tmp_path) -> list[str]:
+    """digits written as class-mixed Parquet shards; the overrides that read them."""
+    from raydd.data.parquet import write_split
+
+    write_split(load_split(_cfg(tmp_path)["dataset"], "train"), resolve(str(tmp_path / "pq")), "train", num_classes=10,
+                rows_per_shard=300)
+    return ["dataset=parquet", f"dataset.uri={tmp_path / 'pq'}", "dataset.mean=[0.3]", "dataset.std=[0.38]"]
+
+
+def _same_set(a, b) -> bool:
+    return torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and (
+        torch.equal(a.weights, b.weights) if a.weights is not None else b.weights is None)
+
+
+def _quantized(cfg):
+    return load_set(resolve(stage.run(cfg)["set"]))
+
+
+def test_streamed_shards_give_the_in_memory_set(tmp_path, ray_session):
+    data = _parquet_digits(tmp_path)
+    pca = ["method=ddoq", "ipc=3", "quantize.encoder=pca", "quantize.latent_dim=8", "quantize.classes_per_task=4",
+           f"storage.root={tmp_path}"]
+    memory, stream = (_quantized(compose([*data, *pca, f"loader.mode={mode}", f"run_name={mode}"]))
+                      for mode in ("memory", "stream"))
+    assert len(memory) == 30 and _same_set(memory, stream)
+
+
+def test_a_tiny_memory_limit_reads_each_task_in_several_groups(tmp_path, ray_session, capsys):
+    medoid = ["method=d4m", "quantize.prototype=medoid", "quantize.classes_per_task=4"]
+    whole = _quantized(_cfg(tmp_path, *medoid, "run_name=whole"))
+    assert "3 tasks reading 3 groups of classes" in capsys.readouterr().out
+    grouped = _quantized(_cfg(tmp_path, *medoid, "loader.memory_limit_gb=1e-5", "run_name=grouped"))
+    assert "3 tasks reading 10 groups of classes" in capsys.readouterr().out
+    assert _same_set(whole, grouped)
