@@ -13,7 +13,7 @@ from raydd.errors import CorruptError
 from raydd.specs import ConfigError, QuantizeSpec, RunSpec, check, check_quantize_data, check_tune
 
 STAGES = {
-    "data": "convert a torchvision/ImageFolder dataset into raydd Parquet shards",
+    "data": "convert a torchvision/ImageFolder dataset into raydd Parquet shards (or generate imagenet1k_standin)",
     "experts": "train expert trajectories in parallel (Ray actors) into the trajectory store",
     "distill": "trajectory matching (mtt, datm, ast, mct) on Ray Train",
     "quantize": "optimal-quantization distillation (ddoq, d4m) as Ray tasks",
@@ -86,10 +86,12 @@ def validate(cfg: dict[str, Any], stage: str) -> RunSpec:
 def check_data(cfg: dict[str, Any], stage: str) -> None:
     """Fail fast when the dataset cannot be found (reads metadata or the files' existence only), or does
     not suit the configured encoder."""
-    from raydd.data.registry import check_available
+    from raydd.data.registry import check_available, is_generated
     from raydd.data.sources import DatasetNotFoundError
     from raydd.quantize.encoders import check_vae
 
+    if stage == "data" and is_generated(cfg["dataset"]["name"]):
+        return  # raydd data writes it from the dataset keys: there is nothing to find
     try:
         data = check_available(cfg["dataset"])
     except CorruptError:

@@ -70,10 +70,15 @@ class DatasetCfg:
     image_size: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    num_classes: int | None = None  # the generated dataset's (imagenet1k_standin) keys
+    images_per_class: int | None = None
+    test_per_class: int | None = None
+    seed: int | None = None
 
     @classmethod
     def from_config(cls, d: dict[str, Any]) -> DatasetCfg:
-        return _build(cls, d, "dataset", optional=("root", "uri", "endpoint_url", "image_size", "mean", "std"))
+        return _build(cls, d, "dataset", optional=("root", "uri", "endpoint_url", "image_size", "mean", "std",
+                                                   "num_classes", "images_per_class", "test_per_class", "seed"))
 
 
 @dataclass(frozen=True)
@@ -368,6 +373,18 @@ def _dsa_strategy(value: str | None, key: str) -> None:
             raise ConfigError(f"{key}: {e}") from None
 
 
+# The least value of each integer key a dataset group may set (resized datasets' image_size; the generated dataset's
+# counts and seed); a key the group leaves out is None and unchecked.
+DATASET_MINIMA = {"image_size": 8, "num_classes": 2, "images_per_class": 1, "test_per_class": 1, "seed": 0}
+
+
+def check_dataset(d: DatasetCfg) -> None:
+    for key, low in DATASET_MINIMA.items():
+        value = getattr(d, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise ConfigError(f"dataset.{key} must be an integer >= {low}, got {value!r}")
+
+
 def check_experts(e: ExpertsSpec) -> None:
     _choice(e.variant, "experts.variant", EXPERT_VARIANTS)
     _choice(e.form, "experts.form", EXPERT_FORMS)
@@ -525,6 +542,7 @@ def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str
         raise ConfigError(f"method {spec.method.name!r} does not run in stage {stage!r}; choose one of {', '.join(allowed)}")
     _positive_int(spec.ipc, "ipc")
     _positive_int(spec.workers, "workers", allow_zero=True)
+    check_dataset(spec.dataset)
     if spec.tracking not in (None, "tensorboard"):
         raise ConfigError(f"unknown tracking {spec.tracking!r}; choose null (off) or tensorboard")
     check_experts(spec.experts)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from raydd.core.images import DatasetSpec, ImageData
-from raydd.data import parquet, sources
+from raydd.data import parquet, sources, standin
 from raydd.data.split import Shards, Split
 from raydd.specs import ConfigError, LoaderSpec
 from raydd.storage.fs import resolve
@@ -29,6 +29,7 @@ class Entry:
     std: tuple[float, ...]
     load: Callable[..., ImageData]
     sized: bool = False  # the loader takes an image_size (resized datasets)
+    generated: bool = False  # `raydd data` generates it from the dataset keys; stages read it from uri
 
 
 DATASETS: dict[str, Entry] = {
@@ -39,6 +40,7 @@ DATASETS: dict[str, Entry] = {
     "cifar100": Entry(100, 3, 32, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762), sources.cifar100),
     "tiny_imagenet": Entry(200, 3, 64, IMAGENET_MEAN, IMAGENET_STD, sources.image_folder, sized=True),
     "imagenet1k": Entry(1000, 3, 64, IMAGENET_MEAN, IMAGENET_STD, sources.image_folder, sized=True),
+    standin.NAME: Entry(1000, 3, 64, IMAGENET_MEAN, IMAGENET_STD, standin.unwritten, generated=True),
 }
 
 
@@ -60,6 +62,11 @@ def class_names(name: str, num_classes: int) -> list[str]:
 
 def dataset_names() -> list[str]:
     return [*DATASETS, "parquet"]
+
+
+def is_generated(name: str) -> bool:
+    """A dataset that ``raydd data`` generates rather than converts (see :mod:`raydd.data.standin`)."""
+    return name in DATASETS and DATASETS[name].generated
 
 
 def _get(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -87,8 +94,9 @@ def dataset_spec(cfg: dict[str, Any]) -> DatasetSpec:
         std = tuple(_get(cfg, "std", entry.std if entry else (0.5,) * channels))
         return DatasetSpec(name, meta["num_classes"], channels, meta["height"], mean, std)
     e = DATASETS[name]
-    size = int(_get(cfg, "image_size", e.image_size)) if e.sized else e.image_size
-    return DatasetSpec(name, e.num_classes, e.channels, size, tuple(_get(cfg, "mean", e.mean)), tuple(_get(cfg, "std", e.std)))
+    size = int(_get(cfg, "image_size", e.image_size)) if e.sized or e.generated else e.image_size
+    classes = int(_get(cfg, "num_classes", e.num_classes)) if e.generated else e.num_classes
+    return DatasetSpec(name, classes, e.channels, size, tuple(_get(cfg, "mean", e.mean)), tuple(_get(cfg, "std", e.std)))
 
 
 def load_split(cfg: dict[str, Any], split: str, classes: list[int] | None = None) -> ImageData:
