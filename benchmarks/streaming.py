@@ -1,11 +1,13 @@
 """Streaming an ImageNet-1K-shaped dataset through Ray Data: peak memory per task, images/s, bytes read.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/streaming.py --baseline-repo /tmp/raydd-before  # the recorded run
-    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/streaming.py --per-class 4 --classes 50 --fmnist-epochs 0  # smoke
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/streaming.py --per-class 4 --classes 50 --fmnist-epochs 0 \
+        --memory-limit-gb 0.001 --out /tmp/smoke  # smoke
 
 For each ``--per-class`` size (default 50 and 200 images per class, 1000 classes, 3×64×64): writes the
 stand-in with ``raydd data dataset=imagenet1k_standin``, then on one local Ray with 2 CPUs runs the
-stages in this process: ``experts`` (2 in parallel, 1 CPU each), ``quantize method=ddoq`` (medoid),
+stages in this process: ``experts`` (2 in parallel, 1 CPU each), ``quantize method=ddoq`` (medoid, IPC 10,
+two tasks of half the classes each),
 a short ``distill`` (MTT, IPC 1) and ``evaluate`` of that set. A sampler reads every process's resident
 memory (``/proc/<pid>/status``) every 0.2 s and keeps the peak per Ray task name and stage; expert
 tasks also report their own peak (``getrusage``). ``loader.memory_limit_gb`` stays at its default
@@ -80,11 +82,8 @@ def timed(sampler: MemorySampler, stage: str, fn, *args):
 def one_size(per_class: int, a: argparse.Namespace, tmp: Path) -> dict:
     data, root = tmp / f"standin-{per_class}", tmp / f"runs-{per_class}"
     common = ["dataset=imagenet1k_standin", f"dataset.num_classes={a.classes}", f"dataset.images_per_class={per_class}",
-              f"storage.root={root}", "model=convnet4", f"model.width={a.width}", "seed=0"]
-    start = time.time()
-    assert raydd(["data", *common, f"data.out={data}"]) == 0
-    gen_s = round(time.time() - start, 1)
-    on_disk = sum(f.stat().st_size for f in (data / "train").iterdir())
+              f"storage.root={root}", "model=convnet4", f"model.width={a.width}", "seed=0",
+              f"loader.memory_limit_gb={a.memory_limit_gb}"]
     cfg = compose([*common, f"dataset.uri={data}", "experts.num=2", "experts.epochs=1", "experts.cpus_per_expert=1",
                    "method=mtt", "ipc=1", "distill.iterations=3", "distill.syn_steps=4", "distill.expert_epochs=1",
                    "distill.max_start_epoch=1", "distill.eval_every=0", "evaluate.epochs=5", "evaluate.num_models=1"])
@@ -93,8 +92,12 @@ def one_size(per_class: int, a: argparse.Namespace, tmp: Path) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     sampler.start()
     try:
+        code, gen_s = timed(sampler, "data", raydd, ["data", *common, f"data.out={data}"])
+        assert code == 0
+        on_disk = sum(f.stat().st_size for f in (data / "train").iterdir())
         experts, experts_s = timed(sampler, "experts", experts_stage.run, cfg)
-        qcfg = compose([*common, f"dataset.uri={data}", "method=ddoq", "ipc=10", "quantize.prototype=medoid"])
+        qcfg = compose([*common, f"dataset.uri={data}", "method=ddoq", f"ipc={min(10, per_class)}",
+                        "quantize.prototype=medoid", f"quantize.classes_per_task={a.classes // 2}"])
         _, quantize_s = timed(sampler, "quantize", quantize_stage.run, qcfg)
         distilled, distill_s = timed(sampler, "distill", distill_stage.run, cfg, experts["store"])
         evaluated, evaluate_s = timed(sampler, "evaluate", evaluate_stage.run, cfg, distilled["set"])
@@ -148,6 +151,7 @@ def main() -> None:
     p.add_argument("--per-class", type=int, nargs="+", default=[50, 200])
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--width", type=int, default=16)
+    p.add_argument("--memory-limit-gb", type=float, default=2.0)
     p.add_argument("--baseline-repo", type=Path, default=None)
     p.add_argument("--fmnist-epochs", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")

@@ -82,7 +82,7 @@ class Split:
             for start in range(0, order.numel(), batch_size):
                 yield self.data.subset(order[start:start + batch_size])
             return
-        yield from rebatch(self._shuffled_runs(runs, order), batch_size)
+        yield from rebatch(self._shuffled_runs(runs, order, batch_size), batch_size)
 
     def batches(self, batch_size: int) -> Iterator[ImageData]:
         """The split in storage order, in mini-batches (a test pass)."""
@@ -90,7 +90,9 @@ class Split:
             for start in range(0, len(self), batch_size):
                 yield self.data.subset(slice(start, start + batch_size))
             return
-        yield from rebatch(read_shards(self, list(range(len(self.sizes)))), batch_size)
+        chunks = (ImageData(torch.from_numpy(images.copy()), torch.from_numpy(labels))
+                  for _, images, labels in stream_segments(self, list(range(len(self.sizes)))))
+        yield from rebatch(chunks, batch_size)
 
     def read(self, classes: list[int]) -> tuple[ImageData, Tensor]:
         """All images of ``classes`` (storage order) and their global indices; holds just those in memory."""
@@ -99,30 +101,44 @@ class Split:
 
     def gather(self, index: Tensor) -> ImageData:
         """The images at global ``index``, in that order; streaming reads only the shards holding them."""
-        if self.data is not None or index.numel() == 0:
-            return (self.data or ImageData(torch.empty(0, *self.shards.shape, dtype=torch.uint8),
-                                           torch.empty(0, dtype=torch.long))).subset(index)
+        if self.data is not None:
+            return self.data.subset(index)
+        rows = torch.unique(index)  # sorted
+        if not rows.numel():
+            return ImageData(torch.empty(0, *self.shards.shape, dtype=torch.uint8), torch.empty(0, dtype=torch.long))
+        images = torch.empty(rows.numel(), *self.shards.shape, dtype=torch.uint8)
         offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        shard_of = torch.from_numpy(np.searchsorted(offsets, index.numpy(), side="right") - 1)
-        wanted = torch.unique(shard_of).tolist()
-        rows, kept = [], []
-        for s, data in zip(wanted, read_shards(self, wanted)):
-            mine = torch.unique(index[shard_of == s])
-            rows.append(mine)
-            kept.append(data.subset(mine - int(offsets[s])))
-        return concat(kept).subset(torch.searchsorted(torch.cat(rows), index))
+        wanted = np.unique(np.searchsorted(offsets, rows.numpy(), side="right") - 1).tolist()
+        for start, block, _ in stream_segments(self, wanted):
+            lo, hi = torch.searchsorted(rows, torch.tensor([start, start + len(block)]))
+            images.numpy()[lo:hi] = block[(rows[lo:hi] - start).numpy()]
+        return ImageData(images, self.labels[rows]).subset(torch.searchsorted(rows, index))
 
-    def _shuffled_runs(self, runs: list[list[int]], order: Tensor) -> Iterator[ImageData]:
-        """Each run's rows, read in the epoch's shard order, then indexed by the run's part of ``order``."""
+    def _shuffled_runs(self, runs: list[list[int]], order: Tensor, batch_size: int) -> Iterator[ImageData]:
+        """Each run's shards decoded into one buffer (in the epoch's shard order), then served in the run's part
+        of ``order``, a batch at a time."""
         offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        stream = read_shards(self, [s for run in runs for s in run])
+        segments = stream_segments(self, [s for run in runs for s in run])
         done = 0
         for run in runs:
-            rows = torch.cat([torch.arange(int(offsets[s]), int(offsets[s + 1])) for s in run])
-            buffer = concat([next(stream) for _ in run])
-            local = torch.argsort(rows)[torch.searchsorted(torch.sort(rows).values, order[done:done + rows.numel()])]
-            done += rows.numel()
-            yield buffer.subset(local)
+            at = dict(zip(run, np.cumsum([0, *[self.sizes[s] for s in run]]).tolist()))  # shard → buffer row
+            total = sum(self.sizes[s] for s in run)
+            buffer = torch.empty(total, *self.shards.shape, dtype=torch.uint8)
+            filled = 0
+            while filled < total:
+                start, block, _ = next(segments)
+                shard = int(np.searchsorted(offsets, start, side="right") - 1)
+                row = at[shard] + start - int(offsets[shard])
+                buffer.numpy()[row:row + len(block)] = block  # one copy, out of the Arrow block
+                filled += len(block)
+            mine = order[done:done + total]
+            local = torch.cat([torch.arange(at[s], at[s] + self.sizes[s]) for s in run])
+            position = torch.empty(len(self), dtype=torch.long)  # global row → buffer row (this run's rows only)
+            position[torch.cat([torch.arange(int(offsets[s]), int(offsets[s + 1])) for s in run])] = local
+            for lo in range(0, total, batch_size):
+                pick = mine[lo:lo + batch_size]
+                yield ImageData(buffer[position[pick]], self.labels[pick])
+            done += total
 
 
 def rebatch(chunks: Iterator[ImageData], batch_size: int) -> Iterator[ImageData]:
@@ -144,9 +160,11 @@ def concat(parts: list[ImageData]) -> ImageData:
     return ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
 
 
-def read_shards(split: Split, shard_ids: list[int]) -> Iterator[ImageData]:
-    """Stream whole shards in order through ``ray.data.read_parquet`` (image and label columns, the class filter
-    pushed into the read), re-assembled per shard; a shard that fails to read is named in a :class:`CorruptError`."""
+def stream_segments(split: Split, shard_ids: list[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Shards ``shard_ids``, in that order, through ``ray.data.read_parquet`` (image and label columns, the class
+    filter as a Ray Data expression): ``(global row of the first, images, labels)`` per piece of one shard, the
+    images a zero-copy ``N×C×H×W`` uint8 view of the Arrow block. A shard that fails to read is named in a
+    :class:`CorruptError`; rows that are not those the split was opened with are too."""
     import ray.data
     from ray.data.expressions import col
 
@@ -158,50 +176,50 @@ def read_shards(split: Split, shard_ids: list[int]) -> Iterator[ImageData]:
     ctx.execution_options.preserve_order = True  # blocks arrive in the order of the paths
     ctx.enable_progress_bars = False
     ctx.use_datasource_v2 = False  # v2's file listing asks for a CPU that the calling task already holds
+    offsets = np.concatenate([[0], np.cumsum(split.sizes)])
     paths = [s.paths[i] for i in shard_ids]
-    pending: list[ImageData] = []
-    have, pos = 0, 0
+    pos, within = 0, 0  # the shard being read (index into shard_ids) and the rows of it seen so far
     try:
         ds = ray.data.read_parquet(paths, filesystem=loc.fs, columns=["image", "label"], num_cpus=0,
                                    file_extensions=None, override_num_blocks=len(paths))
         if s.classes is not None:
             ds = ds.filter(expr=col("label").is_in(list(s.classes)), num_cpus=0)
-        for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=split.loader.prefetch_blocks):
-            pending.append(decode(block, s.shape))
-            have += len(pending[-1])
-            while pos < len(shard_ids) and have >= s.rows[shard_ids[pos]]:
-                data, pending, have = split_off(pending, s.rows[shard_ids[pos]])
-                split.bytes_read += s.file_bytes[shard_ids[pos]]
-                yield check_labels(split, shard_ids[pos], data)
-                pos += 1
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=split.loader.prefetch_blocks):
+            images, labels = decode(block, s.shape, paths[min(pos, len(paths) - 1)])
+            while len(labels):
+                if pos == len(shard_ids):
+                    raise CorruptError(f"Parquet shard {paths[-1]} has more rows than when it was opened")
+                shard = shard_ids[pos]
+                take = min(len(labels), split.sizes[shard] - within)
+                start = int(offsets[shard]) + within
+                if not np.array_equal(labels[:take], split.labels[start:start + take].numpy()):
+                    raise CorruptError(f"Parquet shard {paths[pos]} changed while it was read (its labels differ)")
+                piece = (start, images[:take], labels[:take])
+                images, labels, within = images[take:], labels[take:], within + take
+                if within == split.sizes[shard]:
+                    split.bytes_read += s.file_bytes[shard]
+                    pos, within = pos + 1, 0
+                yield piece
     except (CorruptError, RunError):
         raise
     except Exception as e:  # a read failed: name the first shard from here on that does not read
         raise unreadable(loc.fs, paths[pos:], e) from e
     if pos < len(shard_ids):
-        raise CorruptError(f"Parquet shard {paths[pos]} ended early: expected {s.rows[shard_ids[pos]]} rows")
+        raise CorruptError(f"Parquet shard {paths[pos]} ended early: expected {split.sizes[shard_ids[pos]]} rows")
 
 
-def decode(block: dict[str, Any], shape: tuple[int, int, int]) -> ImageData:
-    """A Ray Data block (numpy) → uint8 ``N×C×H×W`` images and labels."""
-    buf = b"".join(block["image"].tolist())
-    images = np.frombuffer(buf, dtype=np.uint8).reshape(-1, *shape)
-    return ImageData(torch.from_numpy(images.copy()), torch.from_numpy(block["label"].astype(np.int64)))
-
-
-def split_off(pending: list[ImageData], n: int) -> tuple[ImageData, list[ImageData], int]:
-    """The first ``n`` rows of ``pending`` and what remains (with its row count)."""
-    data = concat(pending)
-    rest = [data.subset(slice(n, len(data)))] if n < len(data) else []
-    return data.subset(slice(0, n)), rest, len(data) - n
-
-
-def check_labels(split: Split, shard: int, data: ImageData) -> ImageData:
-    """A streamed shard's labels must be those read when the split was opened (order and content)."""
-    start = sum(split.sizes[:shard])
-    if not torch.equal(data.labels, split.labels[start:start + split.sizes[shard]]):
-        raise CorruptError(f"Parquet shard {split.shards.paths[shard]} changed while it was read (its labels differ)")
-    return data
+def decode(block, shape: tuple[int, int, int], path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A Ray Data block (a pyarrow table) → a zero-copy uint8 ``N×C×H×W`` view of its image bytes, and its labels."""
+    per = int(np.prod(shape))
+    views = []
+    for chunk in block.column("image").chunks:
+        ends = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        if len(chunk) and not (np.diff(ends) == per).all():
+            raise CorruptError(f"Parquet shard {path}: an image is not {per} bytes ({'×'.join(map(str, shape))})")
+        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8) if len(chunk) else np.empty(0, np.uint8)
+        views.append(data[ends[0]:ends[-1]].reshape(-1, *shape))
+    images = views[0] if len(views) == 1 else np.concatenate(views or [np.empty((0, *shape), np.uint8)])
+    return images, block.column("label").to_numpy()
 
 
 def unreadable(fs, paths: list[str], error: Exception) -> Exception:
