@@ -150,17 +150,18 @@ def variant_overrides(root: str, name: str, ipc: int) -> list[str]:
 def accuracy(args: argparse.Namespace) -> None:
     import ray
 
-    from raydd.data.registry import load_dataset
+    from raydd.data.registry import dataset_spec, open_split
     from raydd.evaluate.baselines import random_set
     from raydd.evaluate.run import evaluate_set, summarize
-    from raydd.specs import RunSpec
+    from raydd.specs import LoaderSpec, RunSpec
     from raydd.quantize.stage import run
     from raydd.storage.distilled import load_set
     from raydd.storage.fs import resolve
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     base = compose(overrides(args.root, "ddoq", "pixel", 1))
-    spec, train, test = load_dataset(base["dataset"])
+    spec, loader = dataset_spec(base["dataset"]), LoaderSpec.from_config(base["loader"])
+    train, test = (open_split(base["dataset"], loader, split) for split in ("train", "test"))
     for ipc in args.ipcs:
         epochs = args.epochs_ipc50 if ipc == 50 and args.epochs_ipc50 else args.epochs
         sets, quantize_s = {}, {}

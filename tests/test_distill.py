@@ -194,3 +194,33 @@ def test_thousand_class_stand_in_goes_through_experts_and_distill(tmp_path, ray_
     ds = load_set(set_location(cfg))
     assert ds.images.shape == (1000, 3, 4, 4)
     assert torch.equal(ds.labels, torch.arange(1000))
+
+
+def test_streamed_split_gives_the_same_initial_set_and_fast_eval_images(root, tmp_path, capsys):
+    """Each init reads the training split through open_split (the picks gathered, the per-class passes one class at a
+    time): streamed from Parquet shards it gives the in-memory set bit for bit, and the same fast-eval test images."""
+    from raydd.core.images import to_model_space
+    from raydd.data.parquet import write_split
+    from raydd.data.registry import dataset_spec, load_split
+    from raydd.storage.fs import resolve
+
+    for split in ("train", "test"):
+        write_split(load_split({"name": "digits"}, split), resolve(str(tmp_path / "digits")), split, 10, rows_per_shard=400)
+    store = distill_stage.open_store(config(root, "method=mtt"))
+    parquet = [*(o for o in TINY if not o.startswith("dataset=")), "dataset=parquet", f"dataset.uri={tmp_path / 'digits'}",
+               "dataset.mean=[0.3]", "dataset.std=[0.38]", f"storage.root={root}", "ipc=2"]
+    inits = [("real",), ("correct", "method=datm"), ("correct_pool", "distill.soft_labels=true", "distill.soft_label_init=mean"),
+             ("kmeans",), ("kmeans_medoid",), ("mean",)]
+    for init, *extra in inits:
+        made = [distill_stage.initial_set_for(compose([*parquet, *extra, f"distill.init={init}", f"loader.mode={mode}"]), store)
+                for mode in ("memory", "stream")]
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(*made)), init
+        assert (made[0][2] is not None) == bool(extra), init
+        assert "streamed from 4 Parquet shards" in capsys.readouterr().out, init
+    cfg = {mode: compose([*parquet, f"loader.mode={mode}"]) for mode in ("memory", "stream")}
+    spec, test = dataset_spec(cfg["memory"]["dataset"]), load_split({"name": "digits"}, "test")
+    sub = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:50]
+    for mode in ("memory", "stream"):
+        x, y = distill_stage.fast_eval_test(cfg[mode], spec, store.zca(), 50)
+        assert torch.equal(x, to_model_space(test.images[sub], spec)) and torch.equal(y, test.labels[sub])
+        assert ("streamed from 1 Parquet shards" in capsys.readouterr().out) == (mode == "stream")

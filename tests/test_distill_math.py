@@ -313,8 +313,8 @@ def test_representative_init_medoids_are_real_images_of_their_class():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(60, 1, 4, 4, generator=gen)
     labels = torch.arange(3).repeat_interleave(20)
-    images, ys = representatives(x, labels, 4, "kmeans_medoid", seed=0)
-    centres, _ = representatives(x, labels, 4, "kmeans", seed=0)
+    images, ys = representatives(labels, lambda i: x[i], 4, "kmeans_medoid", seed=0)
+    centres, _ = representatives(labels, lambda i: x[i], 4, "kmeans", seed=0)
     assert images.shape == (12, 1, 4, 4) and ys.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     for img, y in zip(images, ys):
         assert (x[labels == y] == img).flatten(1).all(1).any()  # a real image of its own class

@@ -17,9 +17,10 @@ from raydd.cli import main
 from raydd.config import compose
 from raydd.core.images import ImageData
 from raydd.data.parquet import write_split
-from raydd.data.registry import load_dataset
+from raydd.data.registry import load_dataset, open_split
 from raydd.evaluate.baselines import random_set
 from raydd.experts import stage as experts_stage
+from raydd.specs import LoaderSpec
 from raydd.storage.distilled import save_set
 from raydd.storage.fs import resolve
 
@@ -35,7 +36,8 @@ def shared(tmp_path_factory, ray_session) -> Path:  # noqa: F811
     store = experts_stage.run(compose([*TINY, f"storage.root={root / 'runs'}"]))["store"]
     shutil.copytree(store, root / "store")
     spec, train, test = load_dataset({"name": "digits"})
-    save_set(random_set(train, spec, ipc=2, seed=0), resolve(str(root / "set")), spec)
+    digits = open_split({"name": "digits"}, LoaderSpec.from_config(compose([])["loader"]), "train")
+    save_set(random_set(digits, spec, ipc=2, seed=0), resolve(str(root / "set")), spec)
     for split, data in (("train", train), ("test", test)):
         write_split(ImageData(data.images, data.labels), resolve(str(root / "parquet")), split, 10, rows_per_shard=500)
     return root

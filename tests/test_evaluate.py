@@ -8,11 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from raydd.config import compose
-from raydd.core.images import random_indices
+from raydd.core.images import normalize, random_indices
 from raydd.core.train import TrainSpec, accuracy, set_loss, train_on_set
-from raydd.evaluate.run import summarize
+from raydd.data.parquet import write_split
+from raydd.data.registry import dataset_spec, load_split, open_split
+from raydd.evaluate.baselines import full_set
+from raydd.evaluate.run import fit, summarize
 from raydd.evaluate.stage import run
 from raydd.models.convnet import ConvNet
+from raydd.specs import LoaderSpec
+from raydd.storage.fs import resolve
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +104,35 @@ def test_evaluate_stage_full_on_digits(tmp_path, ray_session, capsys):
     result = json.loads(next(tmp_path.glob("evals/full-*/eval.json")).read_text())
     assert result["meta"]["set_size"] == 1437 and result["meta"]["ipc"] is None
     assert [r["epochs"] for r in result["models"]] == [1, 1]
+
+
+def test_full_baseline_trains_on_the_split_as_train_on_set_on_the_whole_set():
+    """One protocol: the full baseline's per-batch decoded epochs of a one-shard split are train_on_set's batches."""
+    loader = LoaderSpec(mode="memory", memory_limit_gb=2.0, shuffle_shards=2, prefetch_blocks=2)
+    split, spec = open_split({"name": "digits"}, loader, "train"), dataset_spec({"name": "digits"})
+    tspec = TrainSpec(epochs=2, lr=0.01, batch_size=256, dsa=True)
+    on_split, on_set = (ConvNet(1, 10, 8, width=8, depth=2) for _ in range(2))
+    on_set.load_state_dict(on_split.state_dict())
+    fit(on_split, full_set(split, spec), spec, tspec, seed=3)
+    train_on_set(on_set, normalize(split.data.images, spec), split.labels, tspec, seed=3)
+    for a, b in zip(on_split.state_dict().values(), on_set.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["random", "full"])
+def test_streamed_splits_give_the_in_memory_accuracies(tmp_path, ray_session, capsys, method):
+    """loader.mode=stream: the baseline's training images and every test pass come from Parquet shards through Ray
+    Data, batch by batch; the accuracies are those of the same splits in memory."""
+    for split in ("train", "test"):
+        write_split(load_split({"name": "digits"}, split), resolve(str(tmp_path / "digits")), split, 10, rows_per_shard=400)
+    accuracies = {}
+    for mode in ("memory", "stream"):
+        cfg = compose(["dataset=parquet", f"dataset.uri={tmp_path / 'digits'}", "dataset.mean=[0.3]", "dataset.std=[0.38]",
+                       f"method={method}", "ipc=5", "model.width=8", "model.depth=2", "evaluate.epochs=2",
+                       "evaluate.num_models=2", "evaluate.batch_size=128", f"loader.mode={mode}",
+                       f"storage.root={tmp_path / mode}"])
+        run(cfg)
+        assert ("streamed from" in capsys.readouterr().out) == (mode == "stream")
+        result = json.loads(next((tmp_path / mode).glob(f"evals/{method}-*/eval.json")).read_text())
+        accuracies[mode] = [r["accuracy"] for r in result["models"]]
+    assert accuracies["stream"] == accuracies["memory"]

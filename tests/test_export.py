@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from raydd.cli import main
-from raydd.data.registry import dataset_spec, load_dataset
+from raydd.config import compose
+from raydd.data.registry import dataset_spec, load_dataset, open_split
 from raydd.core.images import normalize
 from raydd.core.zca import ZCA
 from raydd.evaluate.baselines import random_set
 from raydd.export.hf import DATA_FILE
+from raydd.specs import LoaderSpec
 from raydd.export.pixels import from_png, round_trip_error
 from raydd.storage.distilled import DistilledSet, load_set, read_metadata, record_evaluation, save_set, to_pixels
 from raydd.storage.fs import resolve
@@ -120,8 +122,8 @@ def test_pt_export_round_trip(tmp_path, digits, zca):
 def test_imagefolder_round_trip_is_exact_for_real_images(tmp_path, digits):
     from torchvision.datasets import ImageFolder
 
-    spec, train, _ = digits
-    ds = random_set(train, spec, ipc=5, seed=3)
+    spec = digits[0]
+    ds = random_set(open_split(DIGITS, LoaderSpec.from_config(compose([])["loader"]), "train"), spec, ipc=5, seed=3)
     save_set(ds, resolve(str(tmp_path / "set")), spec)
     assert round_trip_error(ds) == 0.0
     assert export(tmp_path / "set", "imagefolder", tmp_path / "folder") == 0

@@ -4,8 +4,10 @@ import hashlib
 from pathlib import Path
 
 from raydd.cli import main
-from raydd.data.registry import load_dataset
+from raydd.config import compose
+from raydd.data.registry import dataset_spec, open_split
 from raydd.evaluate.baselines import random_set
+from raydd.specs import LoaderSpec
 from raydd.storage.distilled import save_set
 from raydd.storage.fs import resolve
 
@@ -19,7 +21,8 @@ def checksums(folder: Path) -> dict[str, str]:
 
 def test_pipeline_with_evaluate_set_leaves_that_set_alone(tmp_path, ray_session, capsys):  # noqa: F811
     """``evaluate.set`` names a set to evaluate: the pipeline's own set and its random-real baseline go elsewhere."""
-    spec, train, _ = load_dataset({"name": "digits"})
+    spec = dataset_spec({"name": "digits"})
+    train = open_split({"name": "digits"}, LoaderSpec.from_config(compose([])["loader"]), "train")
     mine = tmp_path / "mine"
     save_set(random_set(train, spec, ipc=3, seed=7), resolve(str(mine)), spec)
     (mine / "eval.json").write_text('{"mine": true}')

@@ -15,9 +15,8 @@ from torch import nn
 
 from raydd.cli import main
 from raydd.config import compose
-from raydd.data.registry import load_dataset
+from raydd.data.registry import dataset_spec, open_split
 from raydd.evaluate.baselines import random_set
-from raydd.core.images import to_model_space
 from raydd.evaluate import run as ev
 from raydd.specs import RunSpec
 from raydd.storage.distilled import record_evaluation, save_set
@@ -30,14 +29,15 @@ def raydd_reference(tmp_path):
     """A set (100 real digits, a 'learned' lr) evaluated by raydd: train_on_set per seed, recorded in the set."""
     cfg = compose(["dataset=digits", "model.width=16", "model.depth=2", "evaluate.dsa=false", "evaluate.epochs=60",
                    "evaluate.num_models=4", "evaluate.batch_size=32", f"storage.root={tmp_path}"])
-    spec, train, test = load_dataset(cfg["dataset"])
+    run = RunSpec.from_config(cfg)
+    spec = dataset_spec(cfg["dataset"])
+    train, test = (open_split(cfg["dataset"], run.loader, split) for split in ("train", "test"))
     ds = random_set(train, spec, ipc=10, seed=1)
     ds.lr = 0.03
     loc = resolve(str(tmp_path / "set"))
     save_set(ds, loc, spec)
-    run = RunSpec.from_config(cfg)
-    tspec, x, y = ev.train_spec(run.evaluate, ds, run.channels_last), to_model_space(test.images, spec, ds.zca), test.labels
-    rows = [{"model": "convnet", "accuracy": ev.train_and_test(ev.model_spec(run.model, "convnet"), spec, ds, x, y, tspec,
+    tspec = ev.train_spec(run.evaluate, ds, run.channels_last)
+    rows = [{"model": "convnet", "accuracy": ev.train_and_test(ev.model_spec(run.model, "convnet"), spec, ds, test, tspec,
                                                              seed, progress=False)}
             for seed in ev.recipe(run, ds)["seeds"]]
     record_evaluation(loc, {"recipe": ev.recipe(run, ds), "accuracy": ev.summarize(rows)})

@@ -10,7 +10,7 @@ from torch import nn
 from raydd.config import check_data, compose, validate
 from raydd.core.images import DatasetSpec, normalize
 from raydd.core.train import set_loss
-from raydd.data.registry import dataset_spec, load_split
+from raydd.data.registry import dataset_spec, load_split, open_split
 from raydd.evaluate.run import evaluate_set
 from raydd.quantize import stage
 from raydd.specs import ConfigError, RunSpec
@@ -135,7 +135,8 @@ def test_ddoq_pixel_end_to_end_and_evaluates_weighted(tmp_path, ray_session):
     logits, labels = torch.randn(30, 10), ds.labels
     expected = (nn.functional.cross_entropy(logits, labels, reduction="none") * ds.weights).sum() / ds.weights.sum()
     torch.testing.assert_close(set_loss(logits, labels, None, ds.weights), expected)
-    rows = evaluate_set(ds, RunSpec.from_config(cfg), dataset_spec(cfg["dataset"]), load_split(cfg["dataset"], "test"))
+    run = RunSpec.from_config(cfg)
+    rows = evaluate_set(ds, run, dataset_spec(cfg["dataset"]), open_split(cfg["dataset"], run.loader, "test"))
     assert len(rows) == 1 and 0.0 <= rows[0]["accuracy"] <= 1.0
 
 

@@ -12,9 +12,11 @@ import ray
 import torch
 
 from raydd.cli import main
-from raydd.data.registry import load_dataset
+from raydd.config import compose
+from raydd.data.registry import dataset_spec, open_split
 from raydd.evaluate.baselines import random_set
 from raydd.evaluate.run import summarize, write_results
+from raydd.specs import LoaderSpec
 from raydd.report.collect import collect_experts, collect_sets, collect_sweeps
 from raydd.storage.distilled import DistilledSet, save_set
 from raydd.storage.fs import resolve
@@ -64,7 +66,8 @@ def run_sweep(root) -> None:
 def storage_root(tmp_path_factory):
     """A storage root as the stages leave it: a distilled set with its metrics, baselines, experts and a sweep."""
     root = tmp_path_factory.mktemp("runs")
-    spec, train, _ = load_dataset({"name": "digits"})
+    spec = dataset_spec({"name": "digits"})
+    train = open_split({"name": "digits"}, LoaderSpec.from_config(compose([])["loader"]), "train")
     sets = resolve(str(root / "sets"))
     ds = DistilledSet(torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(10).repeat(2),
                       lr=0.02, meta={"method": "mtt", "ipc": 2, "iterations": 20})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,14 @@ def to_model_space(images: Tensor, spec: DatasetSpec, zca: ZCA | None = None) ->
     """uint8 images → what the networks see: normalised, then ZCA-whitened when the run uses ZCA."""
     x = normalize(images, spec)
     return zca.transform(x) if zca is not None else x
+
+
+def decoded(batches: Iterable[ImageData], spec: DatasetSpec, zca: ZCA | None,
+            device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """uint8 mini-batches → (model-space images, labels) on ``device``, decoded there one batch at a time."""
+    zca = None if zca is None else zca.to(device)
+    for batch in batches:
+        yield to_model_space(batch.images.to(device), spec, zca), batch.labels.to(device)
 
 
 class TooFewImagesError(RayddError, ValueError):

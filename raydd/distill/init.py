@@ -10,6 +10,7 @@ from torch import Tensor
 from raydd.core.images import DatasetSpec, ImageData, TooFewImagesError, random_indices, to_model_space
 from raydd.core.kmeans import kmeans, medoids
 from raydd.core.zca import ZCA
+from raydd.data.split import Split
 from raydd.models.functional import FlatModel
 from raydd.specs import DistillSpec
 
@@ -92,14 +93,15 @@ def pooled_correct_indices(labels: Tensor, images_of: Callable[[Tensor], Tensor]
     return torch.cat(picks)
 
 
-def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) -> tuple[Tensor, Tensor]:
-    """AST representative initialisation per class: k-means centres, the real image nearest each centre
-    (``kmeans_medoid``), or averages of random groups (``mean``)."""
+def representatives(labels: Tensor, images_of: Callable[[Tensor], Tensor], ipc: int, how: str,
+                    seed: int) -> tuple[Tensor, Tensor]:
+    """AST representative initialisation per class (``images_of(index)``: the class's model-space images): k-means
+    centres, the real image nearest each centre (``kmeans_medoid``), or averages of random groups (``mean``)."""
 
     gen = torch.Generator().manual_seed(seed)
     images, ys = [], []
     for c in labels.unique(sorted=True):
-        xc = x[labels == c]
+        xc = images_of((labels == c).nonzero().squeeze(1))
         if how in ("kmeans", "kmeans_medoid"):
             flat = xc.flatten(1)
             result = kmeans(flat, ipc, gen)
@@ -115,29 +117,48 @@ def representatives(x: Tensor, labels: Tensor, ipc: int, how: str, seed: int) ->
     return torch.cat(images), torch.cat(ys)
 
 
-def initial_set(d: DistillSpec, train: ImageData, spec: DatasetSpec, ipc: int, seed: int, zca: ZCA | None,
+class ClassImages:
+    """A split's images in model space by global index, read a class at a time: a call reads the classes of its
+    indices (``Split.read``) unless the last read holds them, keeps that read (uint8) for the next calls and
+    decodes only the rows asked for. The per-class passes above ask for one class after another."""
+
+    def __init__(self, split: Split, spec: DatasetSpec, zca: ZCA | None) -> None:
+        self.split, self.spec, self.zca = split, spec, zca
+        self.classes: set[int] | None = None  # those of the last read, its images and their global indices
+        self.data: ImageData | None = None
+        self.index: Tensor | None = None
+
+    def __call__(self, idx: Tensor) -> Tensor:
+        classes = set(self.split.labels[idx].tolist())
+        if self.classes is None or not classes <= self.classes:
+            self.data = None  # drop the last class before reading the next
+            self.data, self.index = self.split.read(sorted(classes))
+            self.classes = classes
+        return to_model_space(self.data.images[torch.searchsorted(self.index, idx)], self.spec, self.zca)
+
+
+def initial_set(d: DistillSpec, train: Split, spec: DatasetSpec, ipc: int, seed: int, zca: ZCA | None,
                 net: FlatModel, final: Sequence[Tensor], early: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """Images, labels and (DATM) soft-label logits of the synthetic set before distillation.
 
     ``final``: every expert at its last epoch (DATM's code: ``init=correct``, ``soft_label_init=correct``);
     ``early``: the first five at ``max_start_epoch`` (raydd's ``correct_pool`` and ``soft_label_init=mean``).
-    Either may read its parameters only when indexed.
+    Either may read its parameters only when indexed. Of ``train`` only the picked images (``real``) or one class at
+    a time (the others) are read.
     """
     how = d.init
-
-    def images_of(idx: Tensor) -> Tensor:
-        return to_model_space(train.images[idx], spec, zca)
-
+    by_class = ClassImages(train, spec, zca)
     if how in ("real", "correct", "correct_pool"):
         if how == "real":
             idx = random_indices(train.labels, ipc, seed)
         elif how == "correct":
-            idx = correct_indices(train.labels, images_of, net, final, ipc, seed)
+            idx = correct_indices(train.labels, by_class, net, final, ipc, seed)
         else:
-            idx = pooled_correct_indices(train.labels, images_of, net, early, ipc, seed)
-        images, labels = images_of(idx), train.labels[idx]
+            idx = pooled_correct_indices(train.labels, by_class, net, early, ipc, seed)
+        picked = train.gather(idx)
+        images, labels = to_model_space(picked.images, spec, zca), picked.labels
     else:  # kmeans, kmeans_medoid or mean: AST's representatives (raydd.specs checks distill.init)
-        images, labels = representatives(to_model_space(train.images, spec, zca), train.labels, ipc, how, seed)
+        images, labels = representatives(train.labels, by_class, ipc, how, seed)
     soft = None
     if d.soft_labels:
         soft = correct_mean_logits(net, final, images, labels) if d.soft_label_init == "correct" else \

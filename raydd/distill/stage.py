@@ -16,8 +16,9 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from raydd.core.images import DatasetSpec, ImageData, to_model_space
-from raydd.data.registry import load_dataset
+from raydd.core.images import DatasetSpec, to_model_space
+from raydd.core.zca import ZCA
+from raydd.data.registry import dataset_spec, open_split
 from raydd.distill.guards import DivergedError
 from raydd.distill.init import initial_set
 from raydd.distill.sampling import interior_points
@@ -27,7 +28,7 @@ from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
-from raydd.specs import ConfigError, DistillSpec, last_start
+from raydd.specs import ConfigError, DistillSpec, LoaderSpec, last_start
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable, resolve
 from raydd.storage.layout import experts_location, model_tag, root, run_name, set_location
@@ -73,17 +74,25 @@ class StoredParams(Sequence[torch.Tensor]):
         return self.store.params(self.experts[i], self.epoch)
 
 
-def initial_set_for(cfg: dict[str, Any], store: TrajectoryStore, spec: DatasetSpec | None = None,
-                    train: ImageData | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The synthetic set before distillation (deterministic in ``cfg.seed``): DATM's init reads every expert at
-    its final epoch, raydd's ``correct_pool`` and ``soft_label_init=mean`` the first 5 at ``max_start_epoch``."""
-    if spec is None or train is None:
-        spec, train, _ = load_dataset(cfg["dataset"])
+def initial_set_for(cfg: dict[str, Any], store: TrajectoryStore) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The synthetic set before distillation (deterministic in ``cfg.seed``), from the training split as
+    ``open_split`` gives it: DATM's init reads every expert at its final epoch, raydd's ``correct_pool`` and
+    ``soft_label_init=mean`` the first 5 at ``max_start_epoch``."""
+    spec = dataset_spec(cfg["dataset"])
+    train = open_split(cfg["dataset"], LoaderSpec.from_config(cfg["loader"]), "train")
     d = DistillSpec.from_config(cfg["distill"])
     net = FlatModel(build_model(cfg["model"], spec))
     final = StoredParams(store, store.experts, store.epochs)
     early = StoredParams(store, store.experts[:5], float(d.max_start_epoch))
     return initial_set(d, train, spec, cfg["ipc"], cfg["seed"], store.zca(), net, final, early)
+
+
+def fast_eval_test(cfg: dict[str, Any], spec: DatasetSpec, zca: ZCA | None, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fast evaluation's test images (``size`` of the test split, a fixed seed-0 draw; only those are read),
+    in model space, and their labels."""
+    test = open_split(cfg["dataset"], LoaderSpec.from_config(cfg["loader"]), "test")
+    picked = test.gather(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:size])
+    return to_model_space(picked.images, spec, zca), picked.labels
 
 
 def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbacks: list | None = None,
@@ -145,12 +154,9 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
     init_ray(cfg)
     d = DistillSpec.from_config(cfg["distill"])
     require_gpus(max(1, cfg["workers"]) * d.gpus_per_worker, "distill.gpus_per_worker × workers")
-    spec, train, test = load_dataset(cfg["dataset"])
-    zca = store.zca()
-    images, labels, soft = initial_set_for(cfg, store, spec, train)
-    sub = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:d.eval_test_size]
-    test_small = ImageData(test.images[sub], test.labels[sub])
-    test_ref = ray.put((to_model_space(test_small.images, spec, zca), test_small.labels)) if d.eval_every else None
+    spec, zca = dataset_spec(cfg["dataset"]), store.zca()
+    images, labels, soft = initial_set_for(cfg, store)
+    test_ref = ray.put(fast_eval_test(cfg, spec, zca, d.eval_test_size)) if d.eval_every else None
     init_ref = ray.put({"images": images, "labels": labels, "soft": soft})
     tic = time.time()
     result = trainer_for(cfg, store_uri=store.loc.uri, init_ref=init_ref, test_ref=test_ref,

@@ -8,13 +8,16 @@ import io
 import json
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
 import torch
 
-from raydd.core.images import DatasetSpec, ImageData, to_model_space
-from raydd.core.train import TrainSpec, accuracy, train_on_set
+from raydd.core.images import DatasetSpec, decoded
+from raydd.core.train import Batch, TrainSpec, batches_accuracy, train_on_batches, train_on_set
+from raydd.data.split import Split
+from raydd.evaluate.baselines import FullSet
 from raydd.models.registry import build_model
 from raydd.runtime import reuse_heap, task_device
 from raydd.specs import EvaluateSpec, ModelSpec, RunSpec
@@ -22,7 +25,10 @@ from raydd.storage.distilled import DistilledSet
 from raydd.storage.fs import Location
 
 
-def train_spec(ev: EvaluateSpec, ds: DistilledSet, channels_last: bool) -> TrainSpec:
+TEST_BATCH = 1024  # images per test-pass batch
+
+
+def train_spec(ev: EvaluateSpec, ds: DistilledSet | FullSet, channels_last: bool) -> TrainSpec:
     """The train-on-set protocol of ``evaluate``: the set's learned lr unless ``use_set_lr`` is off."""
     lr = ds.lr if ds.lr is not None and ev.use_set_lr else ev.lr
     return TrainSpec(epochs=ev.epochs, lr=float(lr), batch_size=ev.batch_size, dsa=ev.dsa,
@@ -45,37 +51,53 @@ def model_spec(model: ModelSpec, arch: str) -> ModelSpec:
     return model if arch == model.name else ModelSpec(name=arch, norm=model.norm)
 
 
-def train_and_test(arch: ModelSpec, spec: DatasetSpec, ds: DistilledSet, test_x: torch.Tensor,
-                   test_y: torch.Tensor, tspec: TrainSpec, seed: int, progress: bool = True) -> float:
-    """One evaluation model: seed, build, train on the set (on the task's GPU if it has one), return final test accuracy."""
+def fit(model: torch.nn.Module, ds: DistilledSet | FullSet, spec: DatasetSpec, tspec: TrainSpec, seed: int,
+        on_epoch: Callable[[int], None] | None = None) -> None:
+    """Train ``model`` on a set in memory, or (the full baseline) on its split's seeded epochs, decoded per batch."""
+    if isinstance(ds, DistilledSet):
+        train_on_set(model, ds.images, ds.labels, tspec, seed, ds.soft_labels, ds.weights, on_epoch=on_epoch)
+        return
+    device = next(model.parameters()).device
+
+    def epoch(gen: torch.Generator) -> Iterator[Batch]:
+        return ((x, y, None, None) for x, y in decoded(ds.split.epoch(gen, tspec.batch_size), spec, None, device))
+
+    train_on_batches(model, epoch, tspec, seed, on_epoch)
+
+
+def train_and_test(arch: ModelSpec, spec: DatasetSpec, ds: DistilledSet | FullSet, test: Split, tspec: TrainSpec,
+                   seed: int, progress: bool = True) -> float:
+    """One evaluation model: seed, build, train on the set (on the task's GPU if it has one), return its accuracy on
+    the test split, streamed in batches decoded (normalised, whitened like the set) on that device."""
     reuse_heap()
     torch.manual_seed(seed)
-    model = build_model(arch, spec).to(task_device())
+    device = task_device()
+    model = build_model(arch, spec).to(device)
     bar = None
     if progress:
         from ray.experimental.tqdm_ray import tqdm
 
         bar = tqdm(total=tspec.epochs, desc=f"eval {arch.name} seed {seed}")
-    train_on_set(model, ds.images, ds.labels, tspec, seed, ds.soft_labels, ds.weights,
-                 on_epoch=(lambda _: bar.update(1)) if bar else None)
+    fit(model, ds, spec, tspec, seed, on_epoch=(lambda _: bar.update(1)) if bar else None)
     if bar:
         bar.close()
-    return accuracy(model, test_x, test_y)
+    return batches_accuracy(model, decoded(test.batches(TEST_BATCH), spec, ds.zca, device))
 
 
 _train_and_test_task = ray.remote(train_and_test)
 
 
-def evaluate_set(ds: DistilledSet, run: RunSpec, spec: DatasetSpec, test: ImageData,
+def evaluate_set(ds: DistilledSet | FullSet, run: RunSpec, spec: DatasetSpec, test: Split,
                  archs: list[str] | None = None, num_models: int | None = None) -> list[dict[str, Any]]:
-    """Train ``num_models`` networks per architecture in parallel Ray tasks; one row per model."""
+    """Train ``num_models`` networks per architecture in parallel Ray tasks; one row per model. The tasks get the
+    test split as it is (labels and uint8 images, or where its shards are), never as float."""
     ev = run.evaluate
     archs = archs or list(ev.models)
     num_models = num_models or ev.num_models
     tspec = train_spec(ev, ds, run.channels_last)
-    ds_ref, x_ref, y_ref = ray.put(ds), ray.put(to_model_space(test.images, spec, ds.zca)), ray.put(test.labels)
+    ds_ref, test_ref = ray.put(ds), ray.put(test)
     task = _train_and_test_task.options(num_cpus=ev.resources.cpus, num_gpus=ev.resources.gpus)
-    jobs = [(arch, k, task.remote(model_spec(run.model, arch), spec, ds_ref, x_ref, y_ref, tspec, run.seed + k))
+    jobs = [(arch, k, task.remote(model_spec(run.model, arch), spec, ds_ref, test_ref, tspec, run.seed + k))
             for arch in archs for k in range(num_models)]
     start = time.time()
     accs = ray.get([j for *_, j in jobs])

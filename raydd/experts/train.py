@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raydd.core.dsa import DEFAULT_STRATEGY, dsa
-from raydd.core.train import batch_accuracy
+from raydd.core.train import batches_accuracy
 from raydd.data.split import Split
 from raydd.models.functional import flatten_params
 from raydd.specs import ExpertsSpec
@@ -86,7 +86,7 @@ def sgd(params: list[Tensor], spec: ExpertsSpec, lr: float) -> torch.optim.Optim
 
 def split_accuracy(model: nn.Module, split: Split, prepare: Callable[[Tensor], Tensor], batch_size: int = 1024) -> float:
     """Top-1 accuracy over ``split`` in storage order, each uint8 batch ``prepare``d (decoded on the device)."""
-    return batch_accuracy(model, ((prepare(b.images), b.labels) for b in split.batches(batch_size)))
+    return batches_accuracy(model, ((prepare(b.images), b.labels) for b in split.batches(batch_size)))
 
 
 def train_expert(model: nn.Module, train: Split, test: Split, prepare: Callable[[Tensor], Tensor],
