@@ -5,8 +5,8 @@
         --memory-limit-gb 0.001 --out /tmp/smoke  # smoke
 
 For each ``--per-class`` size (default 50 and 200 images per class, 1000 classes, 3×64×64): writes the
-stand-in with ``raydd data dataset=imagenet1k_standin``, then on one local Ray with 2 CPUs runs the
-stages in this process: ``experts`` (2 in parallel, 1 CPU each), ``quantize method=ddoq`` (medoid, IPC 10,
+stand-in with ``raydd data dataset=imagenet1k_standin``, then on a local Ray with 2 CPUs runs the
+stages in this process, each in a fresh Ray session: ``experts`` (2 in parallel, 1 CPU each), ``quantize method=ddoq`` (medoid, IPC 10,
 two tasks of half the classes each),
 a short ``distill`` (MTT, IPC 1) and ``evaluate`` of that set. A sampler reads every process's resident
 memory (``/proc/<pid>/status``) every 0.2 s and keeps the peak per Ray task name and stage; expert
@@ -72,11 +72,17 @@ class MemorySampler(threading.Thread):
 
 
 def timed(sampler: MemorySampler, stage: str, fn, *args):
+    """``fn(*args)`` in a fresh local Ray (2 CPUs), so no worker carries an earlier stage's peak; with its seconds."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     sampler.stage = stage
     start = time.time()
-    result = fn(*args)
-    sampler.stage = "idle"
-    return result, round(time.time() - start, 1)
+    try:
+        result = fn(*args)
+    finally:
+        seconds = round(time.time() - start, 1)
+        sampler.stage = "idle"
+        ray.shutdown()
+    return result, seconds
 
 
 def one_size(per_class: int, a: argparse.Namespace, tmp: Path) -> dict:
@@ -89,7 +95,6 @@ def one_size(per_class: int, a: argparse.Namespace, tmp: Path) -> dict:
                    "distill.max_start_epoch=1", "distill.eval_every=0", "evaluate.epochs=5", "evaluate.num_models=1"])
     train_rows = a.classes * per_class
     sampler = MemorySampler()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     sampler.start()
     try:
         code, gen_s = timed(sampler, "data", raydd, ["data", *common, f"data.out={data}"])
@@ -103,7 +108,6 @@ def one_size(per_class: int, a: argparse.Namespace, tmp: Path) -> dict:
         evaluated, evaluate_s = timed(sampler, "evaluate", evaluate_stage.run, cfg, distilled["set"])
     finally:
         sampler.stopped.set()
-        ray.shutdown()
     return {"per_class": per_class, "classes": a.classes, "train_images": train_rows,
             "generate_s": gen_s, "generate_images_per_s": round(train_rows / gen_s), "train_bytes_on_disk": on_disk,
             "experts_s": experts_s, "expert_task_peak_rss_mb": round(experts["peak_rss_mb"]),

@@ -90,7 +90,7 @@ class Split:
             for start in range(0, len(self), batch_size):
                 yield self.data.subset(slice(start, start + batch_size))
             return
-        chunks = (ImageData(torch.from_numpy(images.copy()), torch.from_numpy(labels))
+        chunks = (ImageData(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()))
                   for _, images, labels in stream_segments(self, list(range(len(self.sizes)))))
         yield from rebatch(chunks, batch_size)
 
