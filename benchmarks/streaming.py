@@ -8,7 +8,7 @@ For each ``--per-class`` size (default 50 and 200 images per class, 1000 classes
 stand-in with ``raydd data dataset=imagenet1k_standin``, then on a local Ray with 2 CPUs runs the
 stages in this process, each in a fresh Ray session: ``experts`` (2 in parallel, 1 CPU each), ``quantize method=ddoq`` (medoid, IPC 10,
 two tasks of half the classes each),
-a short ``distill`` (MTT, IPC 1) and ``evaluate`` of that set. A sampler reads every process's resident
+a short ``distill`` (MTT, IPC 1, 100 synthetic images per inner step) and ``evaluate`` of that set. A sampler reads every process's resident
 memory (``/proc/<pid>/status``) every 0.2 s and keeps the peak per Ray task name and stage; expert
 tasks also report their own peak (``getrusage``). ``loader.memory_limit_gb`` stays at its default
 (2 GB), so every training split here is streamed. With ``--baseline-repo`` (a checkout of the code
@@ -49,7 +49,7 @@ class MemorySampler(threading.Thread):
 
     def __init__(self, period: float = 0.2) -> None:
         super().__init__(daemon=True)
-        self.period, self.stage, self.peaks = period, "idle", defaultdict(float)
+        self.period, self.stage, self.peaks, self.parts = period, "idle", defaultdict(float), {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -57,12 +57,18 @@ class MemorySampler(threading.Thread):
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                    rss = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+                    status = Path(f"/proc/{pid}/status").read_text()
                 except OSError:
                     continue
-                if rss and title.startswith("ray::") and "IDLE" not in title:
+                mb = {k: int(v) / 1024 for k, v in re.findall(r"(VmRSS|RssAnon|RssFile|RssShmem):\s+(\d+) kB", status)}
+                if "VmRSS" in mb and title.startswith("ray::") and "IDLE" not in title:
                     key = (self.stage, title.split(" ")[0])
-                    self.peaks[key] = max(self.peaks[key], int(rss.group(1)) / 1024)
+                    if mb["VmRSS"] > self.peaks[key]:
+                        self.peaks[key], self.parts[key] = mb["VmRSS"], mb
+
+    def split_of(self, stage: str, title: str) -> dict[str, int]:
+        """At the sampled peak of ``title`` in ``stage``: private (anon), shared-library (file) and object-store (shmem) MB."""
+        return {k: round(v) for k, v in self.parts.get((stage, title), {}).items()}
 
     def table(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = defaultdict(dict)
@@ -92,7 +98,7 @@ def one_size(per_class: int, a: argparse.Namespace, tmp: Path) -> dict:
               f"loader.memory_limit_gb={a.memory_limit_gb}"]
     cfg = compose([*common, f"dataset.uri={data}", "experts.num=2", "experts.epochs=1", "experts.cpus_per_expert=1",
                    "method=mtt", "ipc=1", "distill.iterations=3", "distill.syn_steps=4", "distill.expert_epochs=1",
-                   "distill.max_start_epoch=1", "distill.eval_every=0", "evaluate.epochs=5", "evaluate.num_models=1"])
+                   "distill.max_start_epoch=1", "distill.batch_syn=100", "distill.eval_every=0", "evaluate.epochs=5", "evaluate.num_models=1"])
     train_rows = a.classes * per_class
     sampler = MemorySampler()
     sampler.start()
@@ -113,13 +119,15 @@ def one_size(per_class: int, a: argparse.Namespace, tmp: Path) -> dict:
             "experts_s": experts_s, "expert_task_peak_rss_mb": round(experts["peak_rss_mb"]),
             "experts_images_per_s": round(2 * train_rows / experts["seconds"]), "experts_bytes_read": experts["bytes_read"],
             "quantize_s": quantize_s, "distill_s": distill_s, "evaluate_s": evaluate_s,
-            "eval_acc": evaluated["summary"], "peak_rss_mb_by_task": sampler.table()}
+            "eval_acc": evaluated["summary"], "peak_rss_mb_by_task": sampler.table(),
+            "expert_task_at_peak": sampler.split_of("experts", "ray::train_and_commit")}
 
 
 def fmnist_expert_seconds(repo: Path, root: Path, epochs: int) -> float:
     """One Fashion-MNIST expert (in memory) trained by ``raydd experts`` from ``repo``: the stage's seconds."""
     out = subprocess.run([sys.executable, "-m", "raydd", "experts", "experts.num=1", f"experts.epochs={epochs}",
-                          f"storage.root={root}"], env={**os.environ, "PYTHONPATH": str(repo)}, cwd=repo,
+                          f"storage.root={root}"],
+                         env={**os.environ, "PYTHONPATH": str(repo), "RAYDD_CONFIG_DIR": str(repo / "raydd" / "configs")}, cwd=repo,
                          capture_output=True, text=True, check=True).stdout
     return float(re.search(r"MB written in (\d+) s", out).group(1))
 
@@ -139,7 +147,12 @@ def markdown(r: dict) -> str:
                      f"{s['generate_s']} s ({s['generate_images_per_s']:,}) | {s['experts_s']} | {s['experts_images_per_s']:,} | "
                      f"{s['expert_task_peak_rss_mb']:,} MB | {s['experts_bytes_read'] / 1e9:.2f} GB | {s['quantize_s']} | "
                      f"{s['distill_s']} | {s['evaluate_s']} |")
-    lines += ["", "Peak resident memory (MB) per Ray process title and stage (sampled every 0.2 s):", ""]
+    lines += ["", "An expert task at its sampled peak (MB): "
+              + "; ".join(f"{s['per_class']}/class: " + ", ".join(f"{k} {v:,}" for k, v in s["expert_task_at_peak"].items())
+                          for s in r["sizes"])
+              + " (RssAnon: the task's own memory; RssFile: shared libraries such as libtorch; RssShmem: pages of "
+              "Ray's object store it has mapped: the blocks it streams, and the in-memory test split).", "",
+              "Peak resident memory (MB) per Ray process title and stage (sampled every 0.2 s):", ""]
     for s in r["sizes"]:
         for stage, titles in s["peak_rss_mb_by_task"].items():
             lines.append(f"- {s['per_class']}/class, {stage}: " + ", ".join(f"`{t}` {mb:,}" for t, mb in titles.items()))
@@ -165,8 +178,18 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "ray": ray.__version__, "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)},
               "width": a.width}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every part: a later failure keeps what was measured
+        (out / "streaming.json").write_text(json.dumps(report, indent=2))
+        (out / "streaming.md").write_text(markdown(report))
+
     with tempfile.TemporaryDirectory() as tmp:
-        report["sizes"] = [one_size(n, a, Path(tmp)) for n in a.per_class]
+        report["sizes"] = []
+        for n in a.per_class:
+            report["sizes"].append(one_size(n, a, Path(tmp)))
+            save()
         if a.baseline_repo and a.fmnist_epochs:
             times = {"before": [], "now": []}
             for k in range(2):
@@ -174,10 +197,7 @@ def main() -> None:
                     times[name].append(fmnist_expert_seconds(repo, Path(tmp) / f"fm-{name}-{k}", a.fmnist_epochs))
             report["fmnist"] = {"epochs": a.fmnist_epochs, "before": times["before"], "now": times["now"],
                                 "ratio": sum(times["now"]) / sum(times["before"])}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "streaming.json").write_text(json.dumps(report, indent=2))
-    (out / "streaming.md").write_text(markdown(report))
+    save()
     print(markdown(report))
 
 

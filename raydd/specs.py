@@ -255,6 +255,7 @@ class DataSpec:
 
     out: str | None
     rows_per_shard: int
+    shuffle_seed: int | None
 
     @classmethod
     def from_config(cls, d: dict[str, Any]) -> DataSpec:
@@ -556,3 +557,5 @@ def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str
         if spec.dataset.name == "parquet" or spec.dataset.uri:
             raise ConfigError("raydd data converts a dataset from dataset.root; dataset=parquet / dataset.uri is Parquet already")
         _positive_int(spec.data.rows_per_shard, "data.rows_per_shard")
+        if spec.data.shuffle_seed is not None:
+            _positive_int(spec.data.shuffle_seed, "data.shuffle_seed", allow_zero=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from raydd.core.images import DatasetSpec, ImageData
@@ -18,6 +19,13 @@ SPLITS = ("train", "test")
 def is_image_folder(cfg_dataset: dict[str, Any]) -> bool:
     """ImageFolder trees (tiny_imagenet, imagenet1k) are decoded per shard; the rest fit in memory."""
     return DATASETS[cfg_dataset["name"]].sized
+
+
+def mixed(samples: list[tuple[str, int]], seed: int | None) -> list[tuple[str, int]]:
+    """``samples`` in a seeded random order (``seed`` None: as listed)."""
+    if seed is None:
+        return samples
+    return [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
 
 
 def chunks(samples: list[tuple[str, int]], rows_per_shard: int) -> list[list[tuple[str, int]]]:

@@ -116,14 +116,15 @@ class Split:
 
     def _shuffled_runs(self, runs: list[list[int]], order: Tensor, batch_size: int) -> Iterator[ImageData]:
         """Each run's shards decoded into one buffer (in the epoch's shard order), then served in the run's part
-        of ``order``, a batch at a time."""
+        of ``order``, a batch at a time (copies: the buffer is refilled by the next run)."""
         offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         segments = stream_segments(self, [s for run in runs for s in run])
         done = 0
+        longest = max(sum(self.sizes[s] for s in run) for run in runs)
+        buffer = torch.empty(longest, *self.shards.shape, dtype=torch.uint8)  # one buffer, reused by every run
         for run in runs:
             at = dict(zip(run, np.cumsum([0, *[self.sizes[s] for s in run]]).tolist()))  # shard → buffer row
             total = sum(self.sizes[s] for s in run)
-            buffer = torch.empty(total, *self.shards.shape, dtype=torch.uint8)
             filled = 0
             while filled < total:
                 start, block, _ = next(segments)
@@ -160,12 +161,16 @@ def concat(parts: list[ImageData]) -> ImageData:
     return ImageData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
 
 
+BLOCK_BYTES = 32 * 2**20
+
+
 def stream_segments(split: Split, shard_ids: list[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Shards ``shard_ids``, in that order, through ``ray.data.read_parquet`` (image and label columns, the class
     filter as a Ray Data expression): ``(global row of the first, images, labels)`` per piece of one shard, the
     images a zero-copy ``N×C×H×W`` uint8 view of the Arrow block. A shard that fails to read is named in a
     :class:`CorruptError`; rows that are not those the split was opened with are too."""
     import ray.data
+    from ray.data import ExecutionResources
     from ray.data.expressions import col
 
     from raydd.storage.fs import resolve
@@ -176,14 +181,21 @@ def stream_segments(split: Split, shard_ids: list[int]) -> Iterator[tuple[int, n
     ctx.execution_options.preserve_order = True  # blocks arrive in the order of the paths
     ctx.enable_progress_bars = False
     ctx.use_datasource_v2 = False  # v2's file listing asks for a CPU that the calling task already holds
+    ctx.target_max_block_size = BLOCK_BYTES  # the blocks this task maps (prefetched ones too) stay small
+    # and few: read-ahead bounded in the object store, so the store pages this task maps stay bounded too
+    ctx.execution_options.resource_limits = ExecutionResources(
+        cpu=float("inf"), gpu=float("inf"), memory=float("inf"),
+        object_store_memory=(split.loader.prefetch_blocks + 2) * BLOCK_BYTES)
     offsets = np.concatenate([[0], np.cumsum(split.sizes)])
     paths = [s.paths[i] for i in shard_ids]
     pos, within = 0, 0  # the shard being read (index into shard_ids) and the rows of it seen so far
     try:
-        ds = ray.data.read_parquet(paths, filesystem=loc.fs, columns=["image", "label"], num_cpus=0,
+        # one read task at a time, holding no CPU (the calling task has it): CPU-free tasks are not bounded by
+        # CPUs, so without the limit Ray Data would start one reader process per shard at once
+        ds = ray.data.read_parquet(paths, filesystem=loc.fs, columns=["image", "label"], num_cpus=0, concurrency=1,
                                    file_extensions=None, override_num_blocks=len(paths))
         if s.classes is not None:
-            ds = ds.filter(expr=col("label").is_in(list(s.classes)), num_cpus=0)
+            ds = ds.filter(expr=col("label").is_in(list(s.classes)), num_cpus=0, concurrency=1)
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=split.loader.prefetch_blocks):
             images, labels = decode(block, s.shape, paths[min(pos, len(paths) - 1)])
             while len(labels):

@@ -14,7 +14,7 @@ from typing import Any
 import ray
 
 from raydd.core.images import DatasetSpec
-from raydd.data.convert import SPLITS, chunks, convert_in_memory, convert_shard, is_image_folder
+from raydd.data.convert import SPLITS, chunks, mixed, convert_in_memory, convert_shard, is_image_folder
 from raydd.data.registry import dataset_spec, is_generated, source_root
 from raydd.data.sources import image_folder_samples
 from raydd.data.standin import shard_count, write_standin_shard
@@ -50,6 +50,7 @@ def _collect(pending: list[ray.ObjectRef], split: str) -> int:
 def convert_image_folder(cfg: dict[str, Any], spec: DatasetSpec) -> dict[str, int]:
     """List both splits first (fail before any work), then decode and write every shard in parallel."""
     samples = {split: image_folder_samples(source_root(cfg["dataset"]), split) for split in SPLITS}
+    samples["train"] = mixed(samples["train"], cfg["data"]["shuffle_seed"])  # class-mixed shards stream well
     endpoint = s3_endpoint(cfg["storage"].get("endpoint_url"))
     init_ray(cfg)
     rows = {}

@@ -84,8 +84,9 @@ def sgd(params: list[Tensor], spec: ExpertsSpec, lr: float) -> torch.optim.Optim
     return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
-def split_accuracy(model: nn.Module, split: Split, prepare: Callable[[Tensor], Tensor], batch_size: int = 1024) -> float:
-    """Top-1 accuracy over ``split`` in storage order, each uint8 batch ``prepare``d (decoded on the device)."""
+def split_accuracy(model: nn.Module, split: Split, prepare: Callable[[Tensor], Tensor], batch_size: int) -> float:
+    """Top-1 accuracy over ``split`` in storage order, each uint8 batch ``prepare``d (decoded on the device); test
+    batches as large as training ones keep the task's peak memory that of training."""
     return batches_accuracy(model, ((prepare(b.images), b.labels) for b in split.batches(batch_size)))
 
 
@@ -104,7 +105,7 @@ def train_expert(model: nn.Module, train: Split, test: Split, prepare: Callable[
     opt = sgd(params, spec, lr)
     snapshots = [flatten_params(model).cpu()]
     losses: list[float | None] = [None]
-    accs = [split_accuracy(model, test, prepare)]
+    accs = [split_accuracy(model, test, prepare, spec.batch_size)]
     for epoch in range(spec.epochs):
         if epoch_lr(spec, epoch) != lr:
             lr = epoch_lr(spec, epoch)
@@ -125,7 +126,7 @@ def train_expert(model: nn.Module, train: Split, test: Split, prepare: Callable[
             opt.step()
         snapshots.append(flatten_params(model).cpu())
         losses.append(float(total) / len(train))
-        accs.append(split_accuracy(model, test, prepare))
+        accs.append(split_accuracy(model, test, prepare, spec.batch_size))
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1], accs[-1])
     return ExpertRun(torch.stack(snapshots), losses, accs)
