@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from raydd.errors import CorruptError
-from raydd.specs import ConfigError, QuantizeSpec, RunSpec, check, check_quantize_data, check_tune
+from raydd.specs import ConfigError, LoaderSpec, QuantizeSpec, RunSpec, check, check_quantize_data, check_tune
 
 STAGES = {
     "data": "convert a torchvision/ImageFolder dataset into raydd Parquet shards (or generate imagenet1k_standin)",
@@ -86,7 +86,7 @@ def validate(cfg: dict[str, Any], stage: str) -> RunSpec:
 def check_data(cfg: dict[str, Any], stage: str) -> None:
     """Fail fast when the dataset cannot be found (reads metadata or the files' existence only), or does
     not suit the configured encoder."""
-    from raydd.data.registry import check_available, is_generated
+    from raydd.data.registry import check_available, is_generated, require_shards
     from raydd.data.sources import DatasetNotFoundError
     from raydd.quantize.encoders import check_vae
 
@@ -98,6 +98,8 @@ def check_data(cfg: dict[str, Any], stage: str) -> None:
         raise  # the data is there but broken: a data error, not a config one
     except (FileNotFoundError, DatasetNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from e
+    if stage != "data":
+        require_shards(cfg["dataset"], LoaderSpec.from_config(cfg["loader"]))
     if stage in ("quantize", "pipeline") and cfg["method"]["stage"] == "quantize":
         q = QuantizeSpec.from_config(cfg["quantize"])
         check_quantize_data(q, data.channels, data.image_size, data.name)

@@ -117,6 +117,13 @@ def is_parquet(cfg: dict[str, Any]) -> bool:
     return bool(_get(cfg, "uri")) or cfg["name"] == "parquet"
 
 
+def require_shards(cfg: dict[str, Any], loader: LoaderSpec) -> None:
+    """``loader.mode=stream`` needs Parquet shards (checked before any work, and again where a split opens)."""
+    if loader.mode == "stream" and not is_parquet(cfg):
+        raise ConfigError(f"loader.mode=stream reads Parquet shards: write {cfg['name']} with `raydd data "
+                          f"dataset={cfg['name']} data.out=<uri>`, then set dataset.uri=<uri>")
+
+
 def open_split(cfg: dict[str, Any], loader: LoaderSpec, split: str, classes: list[int] | None = None) -> Split:
     """``split`` of the configured dataset (only ``classes``, if given), in memory or streamed from its Parquet
     shards through Ray Data: ``loader.mode``, where ``auto`` streams a split whose float32 size exceeds
@@ -126,9 +133,7 @@ def open_split(cfg: dict[str, Any], loader: LoaderSpec, split: str, classes: lis
     what = f"{spec.name} {split}" + (f" (classes {classes[0]}…{classes[-1]})" if classes else "")
     limit = f"loader.memory_limit_gb={loader.memory_limit_gb:g}"
     if not is_parquet(cfg):
-        if loader.mode == "stream":
-            raise ConfigError(f"loader.mode=stream reads Parquet shards: write {spec.name} with `raydd data "
-                              f"dataset={spec.name} data.out=<uri>`, then set dataset.uri=<uri>")
+        require_shards(cfg, loader)
         if DATASETS[cfg["name"]].sized and loader.mode == "auto":
             gb = len(sources.image_folder_samples(source_root(cfg), "train" if split == "train" else "val")) * float_gb
             if gb > loader.memory_limit_gb:
