@@ -151,7 +151,7 @@ def markdown(r: dict) -> str:
               + "; ".join(f"{s['per_class']}/class: " + ", ".join(f"{k} {v:,}" for k, v in s["expert_task_at_peak"].items())
                           for s in r["sizes"])
               + " (RssAnon: the task's own memory; RssFile: shared libraries such as libtorch; RssShmem: pages of "
-              "Ray's object store it has mapped: the blocks it streams, and the in-memory test split).", "",
+              "Ray's object store it has mapped: the blocks it streams, each dropped from the task's page tables once consumed).", "",
               "Peak resident memory (MB) per Ray process title and stage (sampled every 0.2 s):", ""]
     for s in r["sizes"]:
         for stage, titles in s["peak_rss_mb_by_task"].items():

@@ -1,5 +1,8 @@
 """Splits in memory and streamed through Ray Data: the same batches for the same seed, bounded reads, named errors."""
 
+import sys
+
+import numpy as np
 import pytest
 import ray
 import torch
@@ -10,7 +13,7 @@ from raydd.config import compose
 from raydd.core.images import ImageData
 from raydd.data import parquet
 from raydd.data.registry import open_split
-from raydd.data.split import epoch_order, rebatch, shard_runs
+from raydd.data.split import epoch_order, forget_shared_pages, rebatch, shard_runs
 from raydd.errors import CorruptError
 from raydd.specs import ConfigError, LoaderSpec
 from raydd.storage.fs import resolve
@@ -128,3 +131,23 @@ def test_corrupt_shard_met_mid_stream_is_named(tmp_path, ray_session):
     bad.write_bytes(bad.read_bytes()[:200])
     with pytest.raises(CorruptError, match=r"^corrupt Parquet shard .*part-00003\.parquet: "):
         list(split.batches(16))
+
+
+def shmem_kb() -> int:
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("RssShmem:")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise")
+def test_consumed_blocks_leave_the_process_resident_memory_and_keep_their_data(ray_session):
+    import pyarrow as pa
+
+    values = np.arange(64 * 2**20, dtype=np.uint8) * 7
+    table = ray.get(ray.put(pa.table({"image": pa.array(values)})))  # zero copy: in the object store's mapping
+    assert int(pa.compute.sum(table.column("image")).as_py()) == int(values.sum(dtype=np.int64))  # every page read
+    touched = shmem_kb()
+    forget_shared_pages(table)
+    assert shmem_kb() < touched - 60_000  # the 64 MB are no longer resident in this process
+    assert np.array_equal(table.column("image").to_numpy(), values)  # and read back from the store intact
+    private = pa.table({"image": pa.array(values)})  # a private copy: left alone (MADV_DONTNEED would zero it)
+    forget_shared_pages(private)
+    assert np.array_equal(private.column("image").to_numpy(), values)

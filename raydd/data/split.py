@@ -8,6 +8,8 @@ Ray Data reads ahead) at a time. A dataset without shards is one shard: a full s
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,6 +214,7 @@ def stream_segments(split: Split, shard_ids: list[int]) -> Iterator[tuple[int, n
                     split.bytes_read += s.file_bytes[shard]
                     pos, within = pos + 1, 0
                 yield piece
+            forget_shared_pages(block)
     except (CorruptError, RunError):
         raise
     except Exception as e:  # a read failed: name the first shard from here on that does not read
@@ -232,6 +235,36 @@ def decode(block, shape: tuple[int, int, int], path: str) -> tuple[np.ndarray, n
         views.append(data[ends[0]:ends[-1]].reshape(-1, *shape))
     images = views[0] if len(views) == 1 else np.concatenate(views or [np.empty((0, *shape), np.uint8)])
     return images, block.column("label").to_numpy()
+
+
+MADV_DONTNEED = 4  # Linux madvise advice
+
+
+def forget_shared_pages(block) -> None:
+    """Drop this process's page-table entries for the consumed ``block``'s buffers where they lie in a shared
+    mapping (Ray's object store), so its resident memory does not grow with every store page a stream ever
+    touched; the store keeps the data (a later read faults it back in). Private memory is left alone
+    (``MADV_DONTNEED`` would zero it). A no-op off Linux."""
+    try:
+        maps = open("/proc/self/maps").read().splitlines()
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    shared = []
+    for line in maps:
+        fields = line.split()
+        if fields[1].endswith("s"):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            shared.append((lo, hi))
+    page = mmap.PAGESIZE
+    for column in block.columns:
+        for chunk in column.chunks:
+            for buf in chunk.buffers():
+                if buf is None or buf.size < page:
+                    continue
+                lo, hi = -(-buf.address // page) * page, (buf.address + buf.size) // page * page
+                if hi > lo and any(a <= lo and hi <= b for a, b in shared):
+                    madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED)
 
 
 def unreadable(fs, paths: list[str], error: Exception) -> Exception:
