@@ -247,7 +247,7 @@ def forget_shared_pages(block) -> None:
     (``MADV_DONTNEED`` would zero it). A no-op off Linux."""
     try:
         maps = open("/proc/self/maps").read().splitlines()
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise = ctypes.CDLL(None).madvise
     except (OSError, AttributeError):
         return
     shared = []
