@@ -111,7 +111,7 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
     command = "python " + " ".join(sys.argv)
     commands = json.loads(out.read_text())["meta"].get("commands", []) if out.exists() else []
     setup = (f"Fashion-MNIST, ConvNet-3 width {args.width} (instance norm), {args.experts} experts × {args.expert_epochs} "
-             f"epochs (plain for mtt/datm; {args.ast_experts} smooth × {args.ast_expert_epochs} epochs for ast; the plain "
+             f"epochs (plain for mtt, GSAM-trained ftd for datm; {args.ast_experts} smooth × {args.ast_expert_epochs} epochs for ast; the plain "
              "ones convexified for mct), one Ray Train worker with 2 CPUs; evaluation: "
              f"{args.models} fresh ConvNet-3 per set, 300 epochs, DSA, final accuracy (mean ± std). Iterations, "
              "expert_epochs, syn_steps, batch_syn (all: the whole set per step), max_start and extra overrides per row")

@@ -17,7 +17,7 @@ from raydd.errors import RayddError
 DISTILL_METHODS = ("mtt", "datm", "ast", "mct")
 QUANTIZE_METHODS = ("ddoq", "d4m")
 BASELINES = ("random", "full")
-EXPERT_VARIANTS = ("plain", "smooth")
+EXPERT_VARIANTS = ("plain", "smooth", "ftd")
 EXPERT_FORMS = ("full", "convex")
 EXPERT_DTYPES = ("float32", "float16")
 CLIP_MODES = ("scale", "clip")
@@ -106,7 +106,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ExpertsSpec:
-    """The ``experts`` group: how experts train (plain MTT or smooth AST) and how they are stored."""
+    """The ``experts`` group: how experts train (plain MTT, smooth AST or FTD's GSAM) and how they are stored."""
 
     variant: str
     num: int
@@ -125,6 +125,10 @@ class ExpertsSpec:
     clip_value: float
     gradient_penalty: float
     gradient_penalty_on: str
+    gsam_rho_max: float
+    gsam_rho_min: float
+    gsam_alpha: float
+    gsam_adaptive: bool
     cpus_per_expert: float
     gpus_per_expert: float
     max_retries: int
@@ -400,6 +404,12 @@ def check_experts(e: ExpertsSpec) -> None:
     if e.clip_epochs < 0 or e.gradient_penalty < 0:
         raise ConfigError(f"experts.clip_epochs and experts.gradient_penalty must be >= 0, "
                           f"got {e.clip_epochs} and {e.gradient_penalty}")
+    if not 0 <= e.gsam_rho_min <= e.gsam_rho_max or e.gsam_alpha < 0:
+        raise ConfigError(f"experts.gsam_rho_min must lie in [0, gsam_rho_max] and experts.gsam_alpha be >= 0, got "
+                          f"rho_min {e.gsam_rho_min}, rho_max {e.gsam_rho_max}, alpha {e.gsam_alpha}")
+    if e.variant == "ftd" and e.lr_decay == 1 and e.gsam_rho_min != e.gsam_rho_max:
+        raise ConfigError(f"experts.gsam_rho_min {e.gsam_rho_min} must equal gsam_rho_max {e.gsam_rho_max} at a "
+                          "constant lr (experts.lr_decay=1): ρ follows the lr")
     if e.form == "convex" and not 0 <= e.convex_points <= e.epochs - 1:
         raise ConfigError(f"experts.convex_points must be in [0, {e.epochs - 1}] for {e.epochs} epochs, got {e.convex_points}")
     if e.cpus_per_expert <= 0 or e.gpus_per_expert < 0 or e.max_retries < 0:

@@ -37,7 +37,7 @@ def config(tmp: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("distill")
-    for method in ("mtt", "ast", "mct"):  # plain, smooth and convex expert stores
+    for method in ("mtt", "ast", "mct", "datm"):  # plain, smooth, convex and ftd (GSAM) expert stores
         experts_stage.run(config(tmp, f"method={method}"))
     return tmp
 

@@ -1,4 +1,4 @@
-"""Expert training (plain / smooth) and the `raydd experts` stage on Ray: commit, resume, retry, S3."""
+"""Expert training (plain / smooth / ftd) and the `raydd experts` stage on Ray: commit, resume, retry, S3."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from raydd.data.registry import load_dataset
 from raydd.data.split import Split
 from raydd.experts.progress import PROGRESS_PREFIX
 from raydd.experts.stage import run
-from raydd.experts.train import (clip_loss, clip_scale, epoch_lr, input_gradient_penalty, objective,
+from raydd.experts.train import (ExpertRun, clip_loss, clip_scale, epoch_lr, input_gradient_penalty, objective,
                                  param_gradient_penalty, train_expert)
 from raydd.experts.worker import expert_seed
 from raydd.models.functional import flatten_params
@@ -118,34 +118,50 @@ def test_ast_expert_lr_decays_by_0_6_after_half_the_epochs():
     assert {epoch_lr(experts_spec(), e) for e in range(6)} == {0.01}
 
 
-@pytest.mark.parametrize("variant", ["plain", "smooth"])
-def test_train_expert_snapshots_and_is_deterministic(variant):
+def digits_expert(espec: ExpertsSpec, times: int = 1) -> tuple[torch.Tensor, list[ExpertRun]]:
+    """The initial parameters and ``times`` runs of one seeded expert on 512 digits (128 to test), on one thread."""
     cfg = compose(["dataset=digits", "model.width=8"])
     spec, train, test = load_dataset(cfg["dataset"])
-    espec = experts_spec(f"experts.variant={variant}", "experts.epochs=4", "experts.lr=0.05", "experts.batch_size=64",
-                         f"experts.momentum={0.9 if variant == 'smooth' else 0.0}", "experts.clip_epochs=1",
-                         "experts.gradient_penalty=0.01", "experts.lr_decay=0.6")  # decays for the last (0-based 3)
-
     train, test = train.subset(torch.arange(512)), test.subset(torch.arange(128))
 
     def once():
         torch.manual_seed(7)
         model = build_model(cfg["model"], spec)
-        init = flatten_params(model)
-        return init, train_expert(model, in_memory(train), in_memory(test), lambda x: to_model_space(x, spec), espec,
-                                  seed=7)
+        return flatten_params(model), train_expert(model, in_memory(train), in_memory(test),
+                                                   lambda x: to_model_space(x, spec), espec, seed=7)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        init, run1 = once()
-        _, run2 = once()
+        runs = [once() for _ in range(times)]
     finally:
         torch.set_num_threads(threads)
+    return runs[0][0], [run for _, run in runs]
+
+
+@pytest.mark.parametrize("variant", ["plain", "smooth", "ftd"])
+def test_train_expert_snapshots_and_is_deterministic(variant):
+    espec = experts_spec(f"experts.variant={variant}", "experts.epochs=4", "experts.lr=0.05", "experts.batch_size=64",
+                         f"experts.momentum={0.9 if variant == 'smooth' else 0.0}", "experts.clip_epochs=1",
+                         "experts.gradient_penalty=0.01", "experts.lr_decay=0.6",  # decays for the last (0-based 3)
+                         "experts.gsam_rho_max=0.05", "experts.gsam_rho_min=0.02")  # ftd: ρ 0.05, then 0.02
+    init, (run1, run2) = digits_expert(espec, times=2)
     assert run1.snapshots.shape == (5, init.numel()) and torch.equal(run1.snapshots[0], init)
     assert torch.equal(run1.snapshots, run2.snapshots)
     assert not torch.equal(run1.snapshots[1], run1.snapshots[2])
     assert run1.train_loss[0] is None and all(loss > 0 for loss in run1.train_loss[1:]) and len(run1.test_acc) == 5
+
+
+def test_ftd_expert_descends_and_is_sgd_when_the_radius_is_zero():
+    """GSAM at ρ = 0 steps along the plain gradient (to rounding); at DATM's ρ 0.01 (adaptive) it moves elsewhere."""
+    common = ["experts.epochs=3", "experts.lr=0.05", "experts.batch_size=64"]
+    _, (plain,) = digits_expert(experts_spec(*common))
+    _, (flat,) = digits_expert(experts_spec(*common, "experts.variant=ftd", "experts.gsam_rho_max=0", "experts.gsam_rho_min=0"))
+    _, (ftd,) = digits_expert(experts_spec(*common, "method=datm"))
+    torch.testing.assert_close(flat.snapshots, plain.snapshots, rtol=0, atol=1e-5)
+    moved = (ftd.snapshots[-1] - ftd.snapshots[0]).norm()
+    assert (ftd.snapshots[-1] - plain.snapshots[-1]).norm() > 0.1 * moved
+    assert ftd.train_loss[1] > ftd.train_loss[2] > ftd.train_loss[3]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Expert training as pure functions: ``plain`` (MTT) and ``smooth`` (AST) variants.
+"""Expert training as pure functions: ``plain`` (MTT), ``smooth`` (AST) and ``ftd`` (FTD's GSAM, DATM's experts).
 
-Both snapshot the flattened parameters at initialisation and after every epoch, and
+All snapshot the flattened parameters at initialisation and after every epoch, and
 record the epoch's mean cross-entropy and the test accuracy.
 """
 
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from raydd.core.dsa import DEFAULT_STRATEGY, dsa
 from raydd.core.train import batches_accuracy
 from raydd.data.split import Split
+from raydd.experts.gsam import gsam_step, proportional_rho
 from raydd.models.functional import flatten_params
 from raydd.specs import ExpertsSpec
 
@@ -80,6 +81,12 @@ def epoch_lr(spec: ExpertsSpec, epoch: int) -> float:
     return spec.lr * (spec.lr_decay if epoch > spec.epochs // 2 + 1 else 1.0)
 
 
+def epoch_rho(spec: ExpertsSpec, epoch: int) -> float:
+    """GSAM's ρ for ``epoch``: linear in its lr between ``gsam_rho_min`` (least lr) and ``gsam_rho_max`` (largest)."""
+    lrs = (spec.lr, spec.lr * spec.lr_decay)
+    return proportional_rho(epoch_lr(spec, epoch), max(lrs), min(lrs), spec.gsam_rho_max, spec.gsam_rho_min)
+
+
 def sgd(params: list[Tensor], spec: ExpertsSpec, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
@@ -97,6 +104,7 @@ def train_expert(model: nn.Module, train: Split, test: Split, prepare: Callable[
 
     ``prepare`` turns a uint8 batch into what the model sees, on its device (normalise, ZCA), so only a
     batch is ever decoded. The lr decay starts a fresh optimiser (no momentum carried over), as the reference does.
+    ``ftd`` steps SGD along GSAM's direction (both of its passes on the same augmented batch).
     """
     gen = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
@@ -117,12 +125,19 @@ def train_expert(model: nn.Module, train: Split, test: Split, prepare: Callable[
             labels = batch.labels.to(device)
             if spec.dsa:
                 x = dsa(x, seed=int(torch.randint(2**31, (1,), generator=gen)), strategy=DEFAULT_STRATEGY)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels)
-            total += loss.detach() * labels.numel()
+
+            def batch_loss() -> Tensor:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.amp):
+                    logits = model(x)
+                return F.cross_entropy(logits.float(), labels)
+
             opt.zero_grad(set_to_none=True)
-            objective(loss, model, clean, spec, epoch).backward()
+            if spec.variant == "ftd":
+                loss = gsam_step(model, batch_loss, epoch_rho(spec, epoch), spec.gsam_alpha, spec.gsam_adaptive)
+            else:
+                loss = batch_loss()
+                objective(loss, model, clean, spec, epoch).backward()
+            total += loss.detach() * labels.numel()
             opt.step()
         snapshots.append(flatten_params(model).cpu())
         losses.append(float(total) / len(train))
