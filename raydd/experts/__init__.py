@@ -1,1 +1,1 @@
-"""Expert trajectories: training variants (plain MTT, smooth AST), MCT convexification, the Ray stage."""
+"""Expert trajectories: training variants (plain MTT, smooth AST), MCT compression (waypoints, convex), the Ray stage."""
