@@ -67,6 +67,7 @@ def main() -> None:
     from raydd.evaluate import stage as evaluate
     from raydd.experts import stage as experts
     from raydd.experts.convert import convert_store
+    from raydd.specs import ExpertsSpec
     from raydd.storage.layout import experts_location
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -85,9 +86,9 @@ def main() -> None:
             cfg = compose(overrides(args, method, ipc))
             validate(cfg, "distill")
             tic = time.time()
-            if method == "mct":  # MCT convexifies the plain experts instead of training new ones
-                plain = compose(overrides(args, "mtt", ipc))
-                convert_store(experts_location(plain), experts_location(cfg), points=cfg["experts"]["convex_points"])
+            if method == "mct":  # MCT compresses the plain experts instead of training new ones
+                plain, e = compose(overrides(args, "mtt", ipc)), ExpertsSpec.from_config(cfg["experts"])
+                convert_store(experts_location(plain), experts_location(cfg), e.form, e.points)
             store = experts.run(cfg)["store"]
             t_experts = time.time() - tic
             info = distill.run(cfg, store)

@@ -18,7 +18,9 @@ DISTILL_METHODS = ("mtt", "datm", "ast", "mct")
 QUANTIZE_METHODS = ("ddoq", "d4m")
 BASELINES = ("random", "full")
 EXPERT_VARIANTS = ("plain", "smooth", "ftd")
-EXPERT_FORMS = ("full", "convex")
+EXPERT_FORMS = ("full", "waypoints", "convex")
+FORM_POINTS = {"waypoints": "waypoints", "convex": "convex_points"}  # the experts key that sizes each compressed form
+FLOAT_EPOCH_FORMS = tuple(FORM_POINTS)  # forms read at any float epoch
 EXPERT_DTYPES = ("float32", "float16")
 CLIP_MODES = ("scale", "clip")
 PENALTY_TARGETS = ("input", "params")
@@ -120,6 +122,7 @@ class ExpertsSpec:
     form: str
     dtype: str
     convex_points: int
+    waypoints: int
     clip_epochs: int
     clip_mode: str
     clip_value: float
@@ -142,6 +145,11 @@ class ExpertsSpec:
     @property
     def resources(self) -> Resources:
         return Resources(self.cpus_per_expert, self.gpus_per_expert)
+
+    @property
+    def points(self) -> int:
+        """The form's size: ``waypoints`` (waypoints form), ``convex_points`` (convex); 0 for the full form."""
+        return getattr(self, FORM_POINTS[self.form]) if self.form in FORM_POINTS else 0
 
 
 @dataclass(frozen=True)
@@ -412,6 +420,8 @@ def check_experts(e: ExpertsSpec) -> None:
                           "constant lr (experts.lr_decay=1): ρ follows the lr")
     if e.form == "convex" and not 0 <= e.convex_points <= e.epochs - 1:
         raise ConfigError(f"experts.convex_points must be in [0, {e.epochs - 1}] for {e.epochs} epochs, got {e.convex_points}")
+    if e.form == "waypoints" and not 2 <= e.waypoints <= e.epochs + 1:
+        raise ConfigError(f"experts.waypoints must be in [2, {e.epochs + 1}] for {e.epochs} epochs, got {e.waypoints}")
     if e.cpus_per_expert <= 0 or e.gpus_per_expert < 0 or e.max_retries < 0:
         raise ConfigError("experts.cpus_per_expert must be > 0, gpus_per_expert and max_retries >= 0")
 

@@ -1,4 +1,5 @@
-"""MCT convexified trajectories: the fit, the reader's endpoints and interpolation, store conversion."""
+"""The convex form (raydd's MCT variant, ≈ the reference's projected-points ablation): the fit, the reader's
+endpoints and interpolation, store conversion."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from raydd.core.convex import ConvexTrajectory, convexify, knot_rows
 from raydd.experts.convert import convert_store
 from raydd.experts.train import ExpertRun
 from raydd.experts.worker import shard_rows
+from raydd.models.functional import ParamLayout
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import TrajectoryStore, add_entry, config_hash, open_manifest, write_manifest, write_shard
 
@@ -67,17 +69,20 @@ def test_reader_returns_endpoints_exactly_and_interpolates_linearly():
         ConvexTrajectory(snaps[0], snaps[-1], (3.0, 6.0), (0.6, 0.4), float(E))
 
 
-def write_full_store(loc, experts: int = 2) -> list[torch.Tensor]:
+def write_full_store(loc, experts: int = 2, layout: list | None = None) -> list[torch.Tensor]:
+    """A full store of ``curved`` experts (50 parameters; ``layout`` splits them, one layer by default)."""
+    layout = layout or [["w", [50]]]
     config = {"experts": {"form": "full", "convex_points": 2, "dtype": "float32"}, "seed": 0}
     meta = {"form": "full", "dtype": "float32", "variant": "plain", "epochs": E, "dataset": {"name": "synthetic"},
-            "model": {"name": "linear"}, "layout": [["w", [50]]], "zca": False, "config_hash": config_hash(config),
+            "model": {"name": "linear"}, "layout": layout, "zca": False, "config_hash": config_hash(config),
             "config": config}
     manifest = open_manifest(loc, meta)
     out = []
     for i in range(experts):
         snaps = curved(seed=i)
         run = ExpertRun(snaps, [None, *[1.0] * E], [0.1 * e for e in range(E + 1)])
-        add_entry(manifest, write_shard(loc, shard_rows(i, run, "full", 0), {**meta, "seed": i}, "float32"))
+        rows = shard_rows(i, run, "full", 0, ParamLayout.from_json(layout))
+        add_entry(manifest, write_shard(loc, rows, {**meta, "seed": i}, "float32"))
         write_manifest(loc, manifest)
         out.append(snaps)
     return out
@@ -86,7 +91,7 @@ def write_full_store(loc, experts: int = 2) -> list[torch.Tensor]:
 def test_convert_store_and_read_float_epochs(tmp_path):
     full = resolve(str(tmp_path / "full"))
     snaps = write_full_store(full)
-    summary = convert_store(full, str(tmp_path / "convex"), points=2)
+    summary = convert_store(full, str(tmp_path / "convex"), "convex", 2)
     assert summary["experts"] == 2 and summary["bytes"] < summary["full_bytes"]
     store = TrajectoryStore.open(str(tmp_path / "convex"))
     assert store.form == "convex" and store.epochs == E and store.meta["convex_points"] == 2
@@ -99,4 +104,4 @@ def test_convert_store_and_read_float_epochs(tmp_path):
         assert m["epoch"] == [0.0, 3.0, 7.0, float(E)]
         assert m["test_acc"] == pytest.approx([0.0, 0.3, 0.7, 1.0])
     assert store.verify() == 2
-    assert convert_store(full, str(tmp_path / "convex"), points=2)["experts"] == 2  # resumable, no-op
+    assert convert_store(full, str(tmp_path / "convex"), "convex", 2)["experts"] == 2  # resumable, no-op

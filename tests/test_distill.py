@@ -14,12 +14,14 @@ import torch
 from raydd.config import compose
 from raydd.distill import stage as distill_stage
 from raydd.experts import stage as experts_stage
+from raydd.experts.convert import convert_store
 from raydd.storage.distilled import load_set
-from raydd.storage.layout import set_location
+from raydd.storage.layout import experts_location, set_location
 
 TINY = ["dataset=digits", "model.width=8", "model.depth=2", "experts.num=2", "experts.epochs=4", "experts.batch_size=64", "experts.lr=0.05",
         "distill.syn_steps=6", "distill.expert_epochs=1", "distill.max_start_epoch=2", "distill.lr_img=100",
         "distill.eval_every=0", "distill.checkpoint_every=10", "evaluate.num_models=1", "evaluate.epochs=20"]
+CONVEX = ["method=mct", "experts.form=convex"]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,10 @@ def config(tmp: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("distill")
-    for method in ("mtt", "ast", "mct", "datm"):  # plain, smooth, convex and ftd (GSAM) expert stores
+    for method in ("mtt", "ast", "mct", "datm"):  # plain, smooth, waypoints (MCT's own) and ftd (GSAM) stores
         experts_stage.run(config(tmp, f"method={method}"))
+    # the convex form (raydd's MCT variant): the plain experts, compressed
+    convert_store(experts_location(config(tmp, "method=mtt")), experts_location(config(tmp, *CONVEX)), "convex", 2)
     return tmp
 
 
@@ -46,10 +50,14 @@ def losses(cfg: dict) -> list[float]:
     return pd.read_csv(set_location(cfg).join("distill_metrics.csv").path)["loss"].tolist()
 
 
-@pytest.mark.parametrize("method", ["mtt", "datm", "ast", "mct"])
+@pytest.mark.parametrize("method", ["mtt", "datm", "ast", "mct", "mct-convex"])
 def test_matching_loss_goes_down(root, method):
-    extra = ["distill.window_grow_iters=20", "distill.max_start_epoch_init=1", "distill.loss_threshold=100"] if method == "datm" else []
-    cfg = config(root, f"method={method}", "ipc=2", "distill.iterations=40", "distill.lr_lr=1e-4", "workers=1", *extra)
+    extra = {"datm": ["distill.window_grow_iters=20", "distill.max_start_epoch_init=1", "distill.loss_threshold=100"],
+             "mct-convex": CONVEX[1:]}.get(method, [])
+    cfg = config(root, f"method={method.split('-')[0]}", "ipc=2", "distill.iterations=40", "distill.lr_lr=1e-4",
+                 "workers=1", *extra)
+    form = distill_stage.open_store(cfg).form
+    assert form == {"mct": "waypoints", "mct-convex": "convex"}.get(method, "full")
     distill_stage.run(cfg)
     curve = losses(cfg)
     assert len(curve) == 40

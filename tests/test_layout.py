@@ -53,3 +53,11 @@ def test_evaluations_are_named_by_set_and_settings():
     assert first.startswith(f"/tmp/raydd-layout/evals/{loc.uri.rsplit('/', 1)[1]}-")
     assert evaluation_location(compose([*BASE, "evaluate.epochs=7"]), loc).uri != first
     assert evaluation_location(compose([*BASE, "evaluate.cpus_per_model=2"]), loc).uri == first
+
+
+def test_waypoint_count_names_only_waypoint_stores():
+    """experts.waypoints is left out of other forms' settings: full and convex stores keep their names."""
+    assert where("experts.waypoints=3") == where()
+    assert where("experts.form=convex", "experts.waypoints=3") == where("experts.form=convex")
+    store = where("method=mct")[0]
+    assert "/digits-convnet3w16-plain-waypoints-" in store and where("method=mct", "experts.waypoints=3")[0] != store

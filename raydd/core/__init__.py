@@ -1,1 +1,2 @@
-"""Primitives several stages share: image types and model space, ZCA, DSA, training on a set, k-means, convex trajectories."""
+"""Primitives several stages share: image types and model space, ZCA, DSA, training on a set, k-means,
+MCT trajectory compression (waypoints, convex)."""

@@ -1,7 +1,10 @@
-"""MCT convexified trajectories: θ(t) = θ_start + α(t)(θ_end − θ_start).
+"""raydd's convex variant of MCT (``experts.form=convex``): θ(t) = θ_start + α(t)(θ_end − θ_start).
 
 Only θ_start, θ_end and a few interior knots (e_k, α_k) are kept; α is piecewise linear
-through (0, 0), (e_k, α_k), (E, 1), so the parameters can be read at any float epoch.
+through (0, 0), (e_k, α_k), (E, 1), so the parameters can be read at any float epoch. One
+scalar α on one chord, the checkpoint's projection on it: close to the reference's
+projected-points ablation (``--abl_projected_points``, which keeps that α at every epoch);
+MCT's own compression (per-layer α, smoothed waypoints) is ``waypoints.py``.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
-from raydd.specs import ConfigError, DistillSpec, LoaderSpec, last_start
+from raydd.specs import FLOAT_EPOCH_FORMS, ConfigError, DistillSpec, LoaderSpec, last_start
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable, resolve
 from raydd.storage.layout import experts_location, model_tag, root, run_name, set_location
@@ -53,8 +53,9 @@ def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryS
     if last_start(d) + d.expert_epochs > store.epochs:
         raise ConfigError(f"distill's last start epoch + expert_epochs = {last_start(d) + d.expert_epochs:g} "
                           f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
-    if d.continuous_start and store.meta.get("form") != "convex":
-        raise ConfigError("distill.continuous_start needs a convex (MCT) expert store: set experts.form=convex")
+    if d.continuous_start and store.form not in FLOAT_EPOCH_FORMS:
+        raise ConfigError("distill.continuous_start needs an expert store read at float epochs: set experts.form="
+                          + " or ".join(FLOAT_EPOCH_FORMS))
     if d.intermediate_weight and not interior_points(d):
         print(f"note: no intermediate matching: a segment of expert_epochs={d.expert_epochs} has no stored "
               "epoch strictly inside it")

@@ -1,1 +1,1 @@
-"""Expert trajectories: training variants (plain MTT, smooth AST, GSAM-trained FTD), MCT convexification, the Ray stage."""
+"""Expert trajectories: training variants (plain MTT, smooth AST, GSAM-trained FTD), MCT compression (waypoints, convex), the Ray stage."""

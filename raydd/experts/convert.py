@@ -1,4 +1,4 @@
-"""Convert a full-form trajectory store into the convex (MCT) form, shard by shard."""
+"""Convert a full-form trajectory store into a compressed form (waypoints or convex), shard by shard."""
 
 from __future__ import annotations
 
@@ -9,28 +9,33 @@ import torch
 
 from raydd.experts.train import ExpertRun
 from raydd.experts.worker import shard_rows
+from raydd.specs import FORM_POINTS
 from raydd.storage.fs import Location, resolve
 from raydd.storage.trajectory import (ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash, open_manifest,
                                       write_manifest, write_shard)
 
 
-def convex_meta(meta: dict[str, Any], points: int, dtype: str) -> dict[str, Any]:
-    """The convex store's meta: same experts, ``form=convex``; its config hash is what
-    ``raydd experts experts.form=convex experts.convex_points=<points>`` computes."""
+def converted_meta(meta: dict[str, Any], form: str, points: int, dtype: str) -> dict[str, Any]:
+    """The converted store's meta: same experts, ``form``; its config hash is what ``raydd experts
+    experts.form=<form> experts.<waypoints|convex_points>=<points>`` computes."""
+    key = FORM_POINTS[form]
     config = copy.deepcopy(meta["config"])
-    config["experts"].update(form="convex", convex_points=points, dtype=dtype)
-    return {**meta, "form": "convex", "convex_points": points, "dtype": dtype, "config": config,
-            "config_hash": config_hash(config)}
+    config["experts"].update({"form": form, key: points, "dtype": dtype})
+    return {**meta, **{k: None for k in FORM_POINTS.values()}, "form": form, key: points, "dtype": dtype,
+            "config": config, "config_hash": config_hash(config)}
 
 
-def convert_store(full_store_loc: Location | str, convex_store_loc: Location | str, points: int = 2,
+def convert_store(full_store_loc: Location | str, out_loc: Location | str, form: str, points: int,
                   dtype: str | None = None) -> dict[str, Any]:
-    """Convexify every expert of a full store into another store (resumable: committed experts are skipped)."""
+    """Compress every expert of a full store into another store of ``form`` (``waypoints``: ``points`` the
+    reference's num_interpolation; ``convex``: interior knots). Resumable: committed experts are skipped."""
+    if form not in FORM_POINTS:
+        raise ValueError(f"cannot convert into form {form!r}; choose {' or '.join(FORM_POINTS)}")
     src = TrajectoryStore.open(full_store_loc)
-    dst = resolve(convex_store_loc) if isinstance(convex_store_loc, str) else convex_store_loc
+    dst = resolve(out_loc) if isinstance(out_loc, str) else out_loc
     if src.form != "full":
         raise ValueError(f"{src.loc.uri} is already a {src.form} store")
-    meta = convex_meta(src.meta, points, dtype or src.meta["dtype"])
+    meta = converted_meta(src.meta, form, points, dtype or src.meta["dtype"])
     manifest = open_manifest(dst, meta)
     done = committed(dst, manifest)
     if src.meta.get("zca") and not dst.join(ZCA_FILE).exists():
@@ -40,7 +45,7 @@ def convert_store(full_store_loc: Location | str, convex_store_loc: Location | s
             continue
         rows = src.read(expert_id)
         run = ExpertRun(torch.stack(rows.params), rows.train_loss, rows.test_acc)
-        entry = write_shard(dst, shard_rows(expert_id, run, "convex", points),
+        entry = write_shard(dst, shard_rows(expert_id, run, form, points, src.layout),
                             {**meta, "seed": src.shard_meta(expert_id)["seed"]}, meta["dtype"])
         add_entry(manifest, entry)
         write_manifest(dst, manifest)

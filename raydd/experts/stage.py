@@ -26,7 +26,7 @@ from raydd.experts.worker import train_and_commit
 from raydd.models.functional import ParamLayout
 from raydd.models.registry import build_model
 from raydd.runtime import init_ray, require_gpus
-from raydd.specs import ExpertsSpec, LoaderSpec
+from raydd.specs import FORM_POINTS, ExpertsSpec, LoaderSpec
 from raydd.storage.fs import Location, check_reachable, s3_endpoint
 from raydd.storage.layout import experts_location, store_settings
 from raydd.storage.trajectory import (ZCA_FILE, TrajectoryStore, add_entry, committed, config_hash,
@@ -40,7 +40,7 @@ def store_meta(cfg: dict[str, Any], spec: DatasetSpec, layout: ParamLayout) -> d
     """The store's metadata (manifest ``meta``; every shard's schema carries it too)."""
     e, config = cfg["experts"], store_settings(cfg)
     return {"form": e["form"], "dtype": e["dtype"], "variant": e["variant"], "epochs": e["epochs"],
-            "convex_points": e["convex_points"] if e["form"] == "convex" else None,
+            **{key: e[key] if e["form"] == form else None for form, key in FORM_POINTS.items()},
             "dataset": dataclasses.asdict(spec), "model": cfg["model"], "layout": layout.to_json(),
             "zca": config["zca"], "config_hash": config_hash(config), "config": config}
 

@@ -8,12 +8,15 @@ import time
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from raydd.core.convex import convexify, knot_rows
 from raydd.core.images import DatasetSpec, to_model_space
+from raydd.core.waypoints import compress
 from raydd.core.zca import ZCA
 from raydd.data.split import Split
 from raydd.experts.train import ExpertRun, train_expert
+from raydd.models.functional import ParamLayout
 from raydd.models.registry import build_model
 from raydd.runtime import reuse_heap, task_device
 from raydd.specs import ExpertsSpec
@@ -25,11 +28,22 @@ def expert_seed(seed: int, expert_id: int) -> int:
     return seed * 100003 + expert_id
 
 
-def shard_rows(expert_id: int, run: ExpertRun, form: str, points: int) -> ShardRows:
-    """Every snapshot (full form), or θ_start, the α knots and θ_end (convex form)."""
+def shard_rows(expert_id: int, run: ExpertRun, form: str, points: int, layout: ParamLayout) -> ShardRows:
+    """The rows of an expert's shard in ``form``, ``points`` its size (``ExpertsSpec.points``).
+
+    full: every snapshot. waypoints: one row per saved epoch with its per-layer α, the (smoothed) waypoint
+    vector on waypoint epochs, metrics on all. convex: θ_start, the α knots, θ_end.
+    """
     epochs = [float(e) for e in range(run.snapshots.shape[0])]
     if form == "full":
         return ShardRows(expert_id, epochs, list(run.snapshots), [None] * len(epochs), run.train_loss, run.test_acc)
+    if form == "waypoints":
+        traj = compress(run.snapshots, layout.sizes, points)
+        vectors: list[Tensor | None] = [None] * len(epochs)
+        for i, w in zip(traj.epochs, traj.waypoints):
+            vectors[i] = w
+        return ShardRows(expert_id, epochs, vectors, [None] * len(epochs), run.train_loss, run.test_acc,
+                         list(traj.alphas))
     traj = convexify(run.snapshots, epochs, points)
     index = [0, *knot_rows(len(epochs), points), len(epochs) - 1]
     return ShardRows(expert_id, [epochs[i] for i in index], [traj.start, *[None] * points, traj.end],
@@ -55,7 +69,7 @@ def train_and_commit(expert_id: int, cfg: dict[str, Any], store_uri: str, endpoi
         progress.report.remote(expert_id, 0, pid)
     zca = None if zca is None else zca.to(device)
     run = train_expert(model, train, test, lambda x: to_model_space(x.to(device), spec, zca), e, seed, report)
-    rows = shard_rows(expert_id, run, e.form, e.convex_points)
+    rows = shard_rows(expert_id, run, e.form, e.points, ParamLayout.of(model))
     entry = write_shard(resolve(store_uri, endpoint_url), rows, {**meta, "seed": seed}, e.dtype)
     return {"entry": entry, "test_acc": run.test_acc[-1], "seconds": time.time() - started,
             "cpu_seconds": time.process_time() - cpu, "bytes_read": train.bytes_read + test.bytes_read,

@@ -22,8 +22,13 @@ class ParamLayout:
         return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
     @property
+    def sizes(self) -> tuple[int, ...]:
+        """Each parameter's element count: the per-layer split of the flat vector."""
+        return tuple(int(torch.Size(s).numel()) for s in self.shapes)
+
+    @property
     def numel(self) -> int:
-        return sum(int(torch.Size(s).numel()) for s in self.shapes)
+        return sum(self.sizes)
 
     def to_json(self) -> list[list]:
         return [[n, list(s)] for n, s in zip(self.names, self.shapes)]
@@ -34,8 +39,7 @@ class ParamLayout:
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Views of ``flat`` shaped like each parameter (differentiable)."""
-        sizes = [int(torch.Size(s).numel()) for s in self.shapes]
-        return {n: t.view(s) for n, s, t in zip(self.names, self.shapes, flat.split(sizes))}
+        return {n: t.view(s) for n, s, t in zip(self.names, self.shapes, flat.split(self.sizes))}
 
 
 def flatten_params(module: nn.Module) -> Tensor:

@@ -33,19 +33,23 @@ def model_tag(model: dict[str, Any]) -> str:
 
 def store_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """What determines an expert store's trajectories: expert training, dataset, model, seed and ZCA
-    (not where or how fast the experts train, nor where the dataset is read from)."""
-    return {"experts": {k: v for k, v in cfg["experts"].items() if k not in EXPERTS_ORCHESTRATION_KEYS},
+    (not where or how fast the experts train, nor where the dataset is read from). ``experts.waypoints``
+    counts only in a waypoints store, so stores of the other forms keep the digests they had before it."""
+    e = cfg["experts"]
+    skip = (*EXPERTS_ORCHESTRATION_KEYS, *(["waypoints"] if e["form"] != "waypoints" else []))
+    return {"experts": {k: v for k, v in e.items() if k not in skip},
             "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATA_LOCATION_KEYS},
             "model": cfg["model"], "seed": cfg["seed"], "zca": bool(cfg["zca"]),
             "shuffle_shards": cfg["loader"]["shuffle_shards"]}
 
 
 def experts_location(cfg: dict[str, Any]) -> Location:
-    """``experts.store``, else ``experts/<dataset>-<model>-<variant>[-convex][-zca]-<digest of store_settings>``."""
+    """``experts.store``, else ``experts/<dataset>-<model>-<variant>[-<form>][-zca]-<digest of store_settings>``
+    (no form tag for the full form)."""
     e = cfg["experts"]
     if e.get("store"):
         return resolve(e["store"], cfg["storage"].get("endpoint_url"))
-    tag = "-".join([cfg["dataset"]["name"], model_tag(cfg["model"]), e["variant"], *(["convex"] if e["form"] == "convex" else []),
+    tag = "-".join([cfg["dataset"]["name"], model_tag(cfg["model"]), e["variant"], *([e["form"]] if e["form"] != "full" else []),
                     *(["zca"] if cfg.get("zca") else []), digest(store_settings(cfg))])
     return root(cfg).join("experts", tag)
 

@@ -2,11 +2,14 @@
 
 Shard ``expert-00000.arrow`` holds one record batch per saved point, so one epoch is one
 ranged read (``pyarrow.ipc.open_file`` on a random-access file, also on S3). Columns:
-``expert_id`` int32, ``epoch`` float32, ``params`` list<float32|float16> (null on MCT knot
-rows), ``params_sha256`` (per-row check for random reads), ``alpha`` float32 (MCT: α of the
-point; null in the full form), ``train_loss`` and ``test_acc`` float32 (null where not
-measured). Schema metadata ``raydd`` (JSON): format, form, dataset, model, layout, seed,
-config hash, dtype, row epochs and ``checksum`` (sha256 of all params bytes in row order).
+``expert_id`` int32, ``epoch`` float32, ``params`` list<float32|float16> (null on rows that
+hold no vector: convex knots, waypoints-form epochs between waypoints), ``params_sha256``
+(per-row check for random reads), ``alpha`` float32 (convex form: α of the point; else null),
+``train_loss`` and ``test_acc`` float32 (null where not measured), and in waypoints-form shards
+only a last column ``layer_alpha`` list<float32> (per-layer α of every saved epoch), so full and
+convex shards are as before. Schema metadata ``raydd`` (JSON): format, form (``full`` |
+``waypoints`` | ``convex``), dataset, model, layout, seed, config hash, dtype, row epochs and
+``checksum`` (sha256 of all params bytes in row order).
 
 ``manifest.json`` lists committed shards (expert_id, file, bytes, checksum, file_sha256,
 rows) and the store meta. Shards are written under a temporary name and moved into place;
@@ -31,9 +34,11 @@ import torch
 from torch import Tensor
 
 from raydd.core.convex import ConvexTrajectory
+from raydd.core.waypoints import WaypointTrajectory
 from raydd.core.zca import ZCA
 from raydd.errors import CorruptError, NotFoundError, RayddError
 from raydd.models.functional import ParamLayout
+from raydd.specs import FLOAT_EPOCH_FORMS
 from raydd.storage.fs import Location, resolve
 
 FORMAT = "raydd.trajectory.v1"
@@ -70,13 +75,15 @@ class ShardRows:
     alpha: list[float | None]
     train_loss: list[float | None]
     test_acc: list[float | None]
+    layer_alpha: list[Tensor] | None = None  # waypoints form: per-layer α of each row; None in the other forms
 
 
-def _schema(dtype: str, meta: dict[str, Any]) -> pa.Schema:
+def _schema(dtype: str, meta: dict[str, Any], layer_alpha: bool = False) -> pa.Schema:
     value = pa.float16() if dtype == "float16" else pa.float32()
     return pa.schema([("expert_id", pa.int32()), ("epoch", pa.float32()), ("params", pa.list_(value)),
                       ("params_sha256", pa.string()), ("alpha", pa.float32()), ("train_loss", pa.float32()),
-                      ("test_acc", pa.float32())], metadata={b"raydd": json.dumps(meta).encode()})
+                      ("test_acc", pa.float32()), *([("layer_alpha", pa.list_(pa.float32()))] if layer_alpha else [])],
+                     metadata={b"raydd": json.dumps(meta).encode()})
 
 
 METRIC_FIELDS = [_schema("float32", {}).get_field_index(c) for c in METRIC_COLUMNS]
@@ -94,16 +101,19 @@ def encode_shard(rows: ShardRows, meta: dict[str, Any], dtype: str) -> tuple[byt
         row_sums.append(None if v is None else hashlib.sha256(v).hexdigest())
     meta = {**meta, "format": FORMAT, "dtype": dtype, "expert_id": rows.expert_id,
             "row_epochs": [float(e) for e in rows.epoch], "checksum": total.hexdigest()}
-    schema = _schema(dtype, meta)
+    schema = _schema(dtype, meta, rows.layer_alpha is not None)
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, schema) as writer:
         for i, v in enumerate(values):
             params = (pa.array([None], schema.field("params").type) if v is None
                       else pa.ListArray.from_arrays(pa.array([0, v.size], pa.int32()), pa.array(v)))
+            layer_alpha = [] if rows.layer_alpha is None else [pa.array([rows.layer_alpha[i].float().numpy()],
+                                                                         schema.field("layer_alpha").type)]
             writer.write_batch(pa.record_batch([
                 pa.array([rows.expert_id], pa.int32()), pa.array([rows.epoch[i]], pa.float32()), params,
                 pa.array([row_sums[i]], pa.string()), pa.array([rows.alpha[i]], pa.float32()),
-                pa.array([rows.train_loss[i]], pa.float32()), pa.array([rows.test_acc[i]], pa.float32())], schema=schema))
+                pa.array([rows.train_loss[i]], pa.float32()), pa.array([rows.test_acc[i]], pa.float32()),
+                *layer_alpha], schema=schema))
     return sink.getvalue().to_pybytes(), meta
 
 
@@ -153,7 +163,8 @@ def decode_shard(data: bytes, uri: str) -> tuple[ShardRows, dict[str, Any]]:
         reader = ipc.open_file(pa.BufferReader(data))
         meta = _schema_meta(reader.schema)
         total = hashlib.sha256()
-        rows = ShardRows(meta["expert_id"], [], [], [], [], [])
+        rows = ShardRows(meta["expert_id"], [], [], [], [], [],
+                         [] if reader.schema.get_field_index("layer_alpha") >= 0 else None)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             values = _checked_params(batch, uri)
@@ -162,6 +173,9 @@ def decode_shard(data: bytes, uri: str) -> tuple[ShardRows, dict[str, Any]]:
             rows.params.append(None if values is None else _as_tensor(values))
             for name in ("alpha", "train_loss", "test_acc"):
                 getattr(rows, name).append(batch.column(name)[0].as_py())
+            if rows.layer_alpha is not None:
+                alphas = batch.column("layer_alpha").flatten().to_numpy(zero_copy_only=False)
+                rows.layer_alpha.append(torch.from_numpy(alphas.astype(np.float32)))
     except CorruptShardError:
         raise
     except READ_ERRORS as e:
@@ -231,6 +245,22 @@ def remove_temp_files(store: Location) -> list[str]:
     for path in stale:
         store.fs.delete_file(path)
     return stale
+
+
+def waypoint_trajectory(rows: ShardRows, layout: ParamLayout) -> WaypointTrajectory:
+    """A waypoints-form shard's trajectory: the rows with a vector are the waypoints; every row has its α."""
+    if rows.layer_alpha is None or rows.epoch != [float(e) for e in range(len(rows.epoch))]:
+        raise ValueError("a waypoints-form shard has one row per saved epoch 0..E, each with its layer_alpha")
+    index = [i for i, p in enumerate(rows.params) if p is not None]
+    return WaypointTrajectory(tuple(index), torch.stack([rows.params[i] for i in index]), torch.stack(rows.layer_alpha),
+                              layout.sizes)
+
+
+def convex_trajectory(rows: ShardRows) -> ConvexTrajectory:
+    """A convex-form shard's trajectory: first and last rows are θ_start and θ_end, the rows between its knots."""
+    knots = [i for i, p in enumerate(rows.params) if p is None]
+    return ConvexTrajectory(rows.params[0], rows.params[-1], tuple(rows.epoch[i] for i in knots),
+                            tuple(rows.alpha[i] for i in knots), rows.epoch[-1])
 
 
 class _LRU:
@@ -309,12 +339,13 @@ class TrajectoryStore:
         return self._zca
 
     def params(self, expert_id: int, epoch: float) -> Tensor:
-        """float32 parameters of an expert at ``epoch`` (full form: an integer epoch; convex: any float in [0, E])."""
-        if self.form == "convex":
-            return self.convex(expert_id).params(float(epoch))
+        """float32 parameters of an expert at ``epoch`` (full form: an integer epoch, the saved checkpoint;
+        waypoints and convex forms: any float in [0, E], reconstructed as ``trajectory`` reads it)."""
+        if self.form in FLOAT_EPOCH_FORMS:
+            return self.trajectory(expert_id).params(float(epoch))
         if float(epoch) != int(epoch) or not 0 <= epoch <= self.epochs:
             raise ValueError(f"a full-form store holds integer epochs 0..{self.epochs:g}, got {epoch}; "
-                             "use a convex store (experts.form=convex) for float epochs")
+                             "use a waypoints or convex store (experts.form) for float epochs")
         key = (expert_id, int(epoch))
         with self._lock:
             cached = self._cache.get(key)
@@ -325,19 +356,20 @@ class TrajectoryStore:
             kept = self._cache.put(key, params, params.numel() * 4)
         return params.clone() if kept else params
 
-    def convex(self, expert_id: int) -> ConvexTrajectory:
-        """An expert's convex trajectory (convex-form stores only); cached."""
-        if self.form != "convex":
+    def trajectory(self, expert_id: int) -> WaypointTrajectory | ConvexTrajectory:
+        """An expert's compressed trajectory (waypoints or convex stores only), from its whole shard; cached."""
+        if self.form not in FLOAT_EPOCH_FORMS:
             raise ValueError(f"store {self.loc.uri} holds full trajectories; convert it with raydd.experts.convert")
         with self._lock:
-            cached = self._cache.get(("convex", expert_id))
+            cached = self._cache.get(("trajectory", expert_id))
         if cached is None:
             rows = self.read(expert_id)
-            knots = [i for i, p in enumerate(rows.params) if p is None]
-            cached = ConvexTrajectory(rows.params[0], rows.params[-1], tuple(rows.epoch[i] for i in knots),
-                                      tuple(rows.alpha[i] for i in knots), rows.epoch[-1])
+            try:
+                cached = waypoint_trajectory(rows, self.layout) if self.form == "waypoints" else convex_trajectory(rows)
+            except (ValueError, RuntimeError) as e:
+                raise _corrupt(self.shard_uri(expert_id), str(e)) from e
             with self._lock:
-                self._cache.put(("convex", expert_id), cached, cached.nbytes)
+                self._cache.put(("trajectory", expert_id), cached, cached.nbytes)
         return cached
 
     def shard_meta(self, expert_id: int) -> dict[str, Any]:
