@@ -21,8 +21,8 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 # Per-IPC matching settings, as the papers tabulate them. At IPC 10 the student matches one expert
 # epoch with 24 steps on half the set at a time (the same images per iteration as 12 whole-set steps).
-PER_IPC = {1: {"syn_steps": 20, "max_start_epoch": 2},
-           10: {"syn_steps": 24, "max_start_epoch": 6, "batch_syn": 50, "expert_epochs": 1}}
+PER_IPC = {1: {"syn_steps": 20, "max_start_epoch": 2, "expert_epochs": 2, "batch_syn": "null", "lr_img": 100},
+           10: {"syn_steps": 24, "max_start_epoch": 6, "batch_syn": 50, "expert_epochs": 1, "lr_img": 100}}
 
 
 def overrides(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
