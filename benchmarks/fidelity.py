@@ -42,6 +42,7 @@ class Cell:
     ipc: int
     store: str
     overrides: tuple[str, ...] = field(default=())
+    extra: bool = False  # a variant beyond the paper's components: run after the tables' cells
 
     @property
     def key(self) -> str:
@@ -59,7 +60,7 @@ ABLATION = [
          "momentum 0.5, intermediate weight 0.5)", "ast", 10, "smooth",
          ("distill.init=kmeans", "distill.balanced_inner_loss=class", "distill.perturb_mode=rms",
           "distill.perturb=0.01", "distill.student_momentum=0.5", "distill.intermediate_weight=0.5",
-          "distill.intermediate_points=1")),
+          "distill.intermediate_points=1"), extra=True),
     Cell("all components", "datm", 10, "ftd"),
     Cell("hard labels (no soft labels)", "datm", 10, "ftd", ("distill.soft_labels=false",)),
     Cell("fixed window (no growth)", "datm", 10, "ftd", ("distill.window_grow_iters=0", "distill.max_start_epoch_init=null")),
@@ -67,10 +68,13 @@ ABLATION = [
     Cell("plain experts instead of FTD", "datm", 10, "plain"),
     Cell("EMA of the set 0.99 (raydd's option)", "datm", 10, "ftd", ("distill.ema=0.99",)),
     Cell("raydd's earlier variants (correct_pool init, mean soft labels at max_start, EMA 0.99)", "datm", 10, "ftd",
-         ("distill.init=correct_pool", "distill.soft_label_init=mean", "distill.ema=0.99")),
+         ("distill.init=correct_pool", "distill.soft_label_init=mean", "distill.ema=0.99"), extra=True),
     Cell("all components", "mct", 10, "waypoints"),
     Cell("waypoints, integer starts", "mct", 10, "waypoints", ("distill.continuous_start=false",)),
     Cell("convex store (raydd's chord-knot variant), continuous starts", "mct", 10, "convex"),
+    Cell("the authors' long segment (run_command.md, IPC 10: 15 of 50 epochs from starts < 8) scaled to these "
+         "experts: 2 epochs from starts < 2, 30 steps", "mct", 10, "waypoints",
+         ("distill.expert_epochs=2", "distill.max_start_epoch=2", "distill.syn_steps=30"), extra=True),
 ]
 METHOD_TABLE = [Cell("all components", m, ipc, {"mtt": "plain", "datm": "ftd", "ast": "smooth", "mct": "waypoints"}[m])
                 for ipc in (1, 10, 50) for m in METHODS]
@@ -81,7 +85,7 @@ def common(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
     per_ipc = {k: v for k, v in PER_IPC[ipc].items() if not (method == "ast" and k == "expert_epochs")}
     return ["dataset=fashion_mnist", f"model.width={args.width}", f"storage.root={args.root}", f"ipc={ipc}",
             f"method={method}", "seed=0", f"experts.num={args.experts}", f"experts.epochs={args.expert_epochs}",
-            *(f"distill.{k}={v}" for k, v in per_ipc.items()), "distill.eval_every=0", "distill.checkpoint_every=50",
+            "distill.window=fixed", *(f"distill.{k}={v}" for k, v in per_ipc.items()), "distill.eval_every=0", "distill.checkpoint_every=50",
             "workers=1", f"distill.cpus_per_worker={args.cpus}", f"evaluate.num_models={args.models}",
             "evaluate.epochs=300"]
 
@@ -202,9 +206,10 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     out = RESULTS / "fidelity.json"
     rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
-    # cheapest experts first: plain (mtt, mct), then FTD (datm), then smooth (ast)
+    # cheapest experts first: plain (mtt, mct), then FTD (datm), then smooth (ast); the other IPCs, then the extras
     order = sorted(dict.fromkeys([*ABLATION, *METHOD_TABLE]), key=lambda c: (
-        {"plain": 0, "waypoints": 0, "convex": 0, "ftd": 1, "smooth": 2}[c.store] if c.ipc == 10 else 3, c.ipc))
+        4 if c.extra else {"plain": 0, "waypoints": 0, "convex": 0, "ftd": 1, "smooth": 2}[c.store] if c.ipc == 10 else 3,
+        c.ipc))
     for job in [*(f"random-ipc{i}" for i in PER_IPC), *order]:
         key = job if isinstance(job, str) else job.key
         if key in rows or (args.only is not None and not any(s in key for s in args.only)):

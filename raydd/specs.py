@@ -26,6 +26,7 @@ CLIP_MODES = ("scale", "clip")
 PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
 LR_PARAMS = ("plain", "log")
+WINDOWS = ("fixed", "difficulty")
 BALANCES = ("epoch", "class")
 INITS = ("real", "correct", "correct_pool", "kmeans", "kmeans_medoid", "mean")
 SOFT_LABEL_INITS = ("correct", "mean")
@@ -159,6 +160,7 @@ class DistillSpec:
     iterations: int
     syn_steps: int
     expert_epochs: int
+    window: str
     min_start_epoch: int
     max_start_epoch: int
     lr_img: float
@@ -448,11 +450,14 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
                           "distill.temperature must be positive")
     if d.perturb < 0:
         raise ConfigError(f"distill.perturb must be >= 0 (0: no weight perturbation), got {d.perturb}")
-    if window and (d.min_start_epoch >= d.max_start_epoch or last_start(d) + d.expert_epochs > expert_epochs):
+    _choice(d.window, "distill.window", WINDOWS)
+    if window and d.window == "difficulty" and d.expert_epochs >= expert_epochs:
+        raise ConfigError(f"distill.expert_epochs={d.expert_epochs} leaves no start epoch in experts.epochs={expert_epochs}")
+    if window and d.window == "fixed" and (d.min_start_epoch >= d.max_start_epoch or last_start(d) + d.expert_epochs > expert_epochs):
         raise ConfigError(f"distill start window [{d.min_start_epoch}, {d.max_start_epoch}) + expert_epochs "
                           f"{d.expert_epochs} must lie within experts.epochs={expert_epochs} and be non-empty")
     init = d.max_start_epoch_init
-    if init is not None and not d.min_start_epoch < init <= d.max_start_epoch:
+    if d.window == "fixed" and init is not None and not d.min_start_epoch < init <= d.max_start_epoch:
         raise ConfigError(f"distill.max_start_epoch_init={init} must lie in (min_start_epoch, max_start_epoch] "
                           f"= ({d.min_start_epoch}, {d.max_start_epoch}]")
     if d.iterations <= 0 or d.syn_steps <= 0 or d.expert_epochs <= 0:

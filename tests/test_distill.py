@@ -52,7 +52,7 @@ def losses(cfg: dict) -> list[float]:
 
 @pytest.mark.parametrize("method", ["mtt", "datm", "ast", "mct", "mct-convex"])
 def test_matching_loss_goes_down(root, method):
-    extra = {"datm": ["distill.window_grow_iters=20", "distill.max_start_epoch_init=1", "distill.loss_threshold=100"],
+    extra = {"datm": ["distill.window_grow_iters=20", "distill.loss_threshold=100", "distill.max_start_epoch=3"],
              "mct-convex": CONVEX[1:]}.get(method, [])
     cfg = config(root, f"method={method.split('-')[0]}", "ipc=2", "distill.iterations=40", "distill.lr_lr=1e-4",
                  "workers=1", *extra)
@@ -66,6 +66,9 @@ def test_matching_loss_goes_down(root, method):
     assert ds.images.shape == (20, 1, 8, 8) and torch.isfinite(ds.images).all()
     assert ds.lr is not None and ds.lr > 0
     assert (ds.soft_labels is not None) == (method == "datm")
+    # datm's window is its rule's, not the configured [0, 3): ipc 2 of 143.7 digits per class, 4 epochs → upper
+    # 0.445·4 → 2, lower 0.047·4 → 0; the others keep TINY's [0, 2)
+    assert ds.meta["start_window"] == [0, 2]
 
 
 def test_one_and_two_workers_distil_the_same_set(root):

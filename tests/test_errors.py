@@ -112,6 +112,7 @@ CASES = {
     "unknown key": (args("evaluate", "evaluate.epoch=3"), 2, "evaluate.epoch", None),
     "unknown distill.init": (args("distill", "distill.init=bogus"), 2, "unknown distill.init 'bogus'", None),
     "unknown distill.unroll": (args("distill", "distill.unroll=recursive"), 2, "unknown distill.unroll 'recursive'", None),
+    "unknown distill.window": (args("distill", "distill.window=late"), 2, "unknown distill.window 'late'", None),
     "unknown distill.perturb_mode": (args("distill", "distill.perturb_mode=layer"), 2,
                                      "unknown distill.perturb_mode 'layer'", None),
     "unknown quantize.encoder": (args("quantize", "method=ddoq", "quantize.encoder=nope"), 2,

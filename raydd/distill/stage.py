@@ -19,10 +19,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from raydd.core.images import DatasetSpec, to_model_space
 from raydd.core.zca import ZCA
 from raydd.data.registry import dataset_spec, open_split
+from raydd.data.split import Split
 from raydd.distill.guards import DivergedError
 from raydd.distill.init import initial_set
 from raydd.distill.sampling import interior_points
 from raydd.distill.state import load_all_shards
+from raydd.distill.window import with_difficulty_window
 from raydd.distill.worker import train_fn
 from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
@@ -37,8 +39,7 @@ from raydd.tracking import train_callbacks
 
 
 def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryStore:
-    """The expert store at ``store_uri`` (default: the configured one), checked against the run's dataset,
-    model and start window."""
+    """The expert store at ``store_uri`` (default: the configured one), checked against the run's dataset and model."""
     loc = resolve(store_uri, cfg["storage"].get("endpoint_url")) if store_uri else experts_location(cfg)
     if not loc.join("manifest.json").exists():
         raise NotFoundError(f"no expert trajectories at {loc.uri}: run `raydd experts` with the same "
@@ -49,17 +50,21 @@ def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryS
     if made_for != (cfg["dataset"]["name"], model_tag(cfg["model"])):
         raise ConfigError(f"the expert store {loc.uri} was made for {made_for[0]} with {made_for[1]}, not "
                           f"{cfg['dataset']['name']} with {model_tag(cfg['model'])}: choose its dataset/model or another experts.store")
+    return store
+
+
+def check_segments(cfg: dict[str, Any], store: TrajectoryStore) -> None:
+    """The start window (resolved: ``distill.window=fixed``) and the segments fit what ``store`` holds."""
     d = DistillSpec.from_config(cfg["distill"])
     if last_start(d) + d.expert_epochs > store.epochs:
         raise ConfigError(f"distill's last start epoch + expert_epochs = {last_start(d) + d.expert_epochs:g} "
-                          f"exceeds the {store.epochs:g} epochs stored at {loc.uri}")
+                          f"exceeds the {store.epochs:g} epochs stored at {store.loc.uri}")
     if d.continuous_start and store.form not in FLOAT_EPOCH_FORMS:
         raise ConfigError("distill.continuous_start needs an expert store read at float epochs: set experts.form="
                           + " or ".join(FLOAT_EPOCH_FORMS))
     if d.intermediate_weight and not interior_points(d):
         print(f"note: no intermediate matching: a segment of expert_epochs={d.expert_epochs} has no stored "
               "epoch strictly inside it")
-    return store
 
 
 class StoredParams(Sequence[torch.Tensor]):
@@ -75,12 +80,14 @@ class StoredParams(Sequence[torch.Tensor]):
         return self.store.params(self.experts[i], self.epoch)
 
 
-def initial_set_for(cfg: dict[str, Any], store: TrajectoryStore) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def initial_set_for(cfg: dict[str, Any], store: TrajectoryStore, train: Split | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The synthetic set before distillation (deterministic in ``cfg.seed``), from the training split as
-    ``open_split`` gives it: DATM's init reads every expert at its final epoch, raydd's ``correct_pool`` and
-    ``soft_label_init=mean`` the first 5 at ``max_start_epoch``."""
+    ``open_split`` gives it (or ``train``, opened so): DATM's init reads every expert at its final epoch, raydd's
+    ``correct_pool`` and ``soft_label_init=mean`` the first 5 at ``max_start_epoch``."""
     spec = dataset_spec(cfg["dataset"])
-    train = open_split(cfg["dataset"], LoaderSpec.from_config(cfg["loader"]), "train")
+    if train is None:
+        train = open_split(cfg["dataset"], LoaderSpec.from_config(cfg["loader"]), "train")
     d = DistillSpec.from_config(cfg["distill"])
     net = FlatModel(build_model(cfg["model"], spec))
     final = StoredParams(store, store.experts, store.epochs)
@@ -153,10 +160,14 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
         return {"set": loc.uri, "lr": ds.lr, **ds.meta}
     store = open_store(cfg, store_uri)
     init_ray(cfg)
+    spec = dataset_spec(cfg["dataset"])
+    train = open_split(cfg["dataset"], LoaderSpec.from_config(cfg["loader"]), "train")
+    cfg = with_difficulty_window(cfg, int(store.epochs), len(train) / spec.num_classes)
+    check_segments(cfg, store)
     d = DistillSpec.from_config(cfg["distill"])
     require_gpus(max(1, cfg["workers"]) * d.gpus_per_worker, "distill.gpus_per_worker × workers")
-    spec, zca = dataset_spec(cfg["dataset"]), store.zca()
-    images, labels, soft = initial_set_for(cfg, store)
+    zca = store.zca()
+    images, labels, soft = initial_set_for(cfg, store, train)
     test_ref = ray.put(fast_eval_test(cfg, spec, zca, d.eval_test_size)) if d.eval_every else None
     init_ref = ray.put({"images": images, "labels": labels, "soft": soft})
     tic = time.time()
@@ -171,7 +182,8 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
     check_rejections(history, d)
     meta = {"method": cfg["method"]["name"], "ipc": cfg["ipc"], "dataset": spec.name, "model": cfg["model"],
             "workers": cfg["workers"], "iterations": d.iterations, "syn_steps": d.syn_steps,
-            "expert_epochs": d.expert_epochs, "intermediate_targets": len(interior_points(d)),
+            "expert_epochs": d.expert_epochs, "start_window": [d.min_start_epoch, d.max_start_epoch],
+            "intermediate_targets": len(interior_points(d)),
             "experts": store.loc.uri,
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}

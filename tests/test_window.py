@@ -1,0 +1,67 @@
+"""DATM's difficulty alignment as a rule (raydd/distill/window.py): hand-computed windows, and DATM's own table."""
+
+from __future__ import annotations
+
+import pytest
+
+from raydd.config import compose, validate
+from raydd.distill.window import Window, difficulty_window, with_difficulty_window
+from raydd.specs import ConfigError
+
+# NUS-HPC-AI-Lab/DATM configs/*/ConvIN/IPC*.yaml: (ipc, real images per class, min_start, max_start), experts of 100 epochs
+DATM_CONFIGS = [(1, 5000, 0, 4), (10, 5000, 0, 20), (50, 5000, 0, 40), (500, 5000, 40, 60), (1000, 5000, 40, 60),
+                (1, 500, 0, 20), (10, 500, 0, 50), (50, 500, 20, 70), (100, 500, 30, 70),
+                (1, 500, 0, 20), (10, 500, 10, 50), (50, 500, 40, 70)]
+
+
+@pytest.mark.parametrize("ipc, per_class, epochs, expert_epochs, expected", [
+    # r = 10/6000: upper 0.04 + 0.22·log10(8.33) = 0.243 → 8·0.243 = 1.94 → 2; lower clipped to 0; grows from 2/2 = 1
+    (10, 6000, 8, 1, Window(0, 2, 1)),
+    # r = 0.05: upper 0.04 + 0.22·log10(250) = 0.568 → 4.54 → 5; lower 0.33·log10(5) = 0.231 → 1.85 → 2; fixed
+    (300, 6000, 8, 1, Window(2, 5, None)),
+    # r = 1/6000: upper clipped to 0.04 → 0.32 → at least 1 start; no growth below E/10
+    (1, 6000, 8, 1, Window(0, 1, None)),
+    # CIFAR-10 IPC 50 (r = 0.01): upper 0.414 → 41, grows from round(20.5) = 20 (DATM: [0, 40) from 20)
+    (50, 5000, 100, 2, Window(0, 41, 20)),
+    # the whole data (r = 1): upper 0.70 → 5.6 → 6, lower 0.40 → 3.2 → 3; 6 + 2 epochs fit 8
+    (6000, 6000, 8, 2, Window(3, 6, None)),
+    # a short store clips the upper end so that the last start's segment fits: 8 − 4 + 1 = 5
+    (6000, 6000, 8, 4, Window(3, 5, None)),
+])
+def test_hand_computed_windows(ipc, per_class, epochs, expert_epochs, expected):
+    assert difficulty_window(ipc, per_class, epochs, expert_epochs) == expected
+
+
+@pytest.mark.parametrize("ipc, per_class, lo, hi", DATM_CONFIGS)
+def test_rule_lies_within_13_epochs_of_datms_table(ipc, per_class, lo, hi):
+    w = difficulty_window(ipc, per_class, 100, 2)
+    assert abs(w.min_start - lo) <= 13 and abs(w.max_start - hi) <= 13, (w, lo, hi)
+
+
+def test_window_moves_later_as_ipc_grows():
+    windows = [difficulty_window(ipc, 6000, 50, 2) for ipc in (1, 10, 50, 100, 300, 1000)]
+    assert [w.max_start for w in windows] == sorted(w.max_start for w in windows)
+    assert [w.min_start for w in windows] == sorted(w.min_start for w in windows)
+    assert windows[0].max_start < windows[-1].min_start
+
+
+def test_method_datm_resolves_its_window_and_other_methods_keep_theirs():
+    cfg = compose(["method=datm", "ipc=300", "experts.epochs=8"])
+    assert cfg["distill"]["window"] == "difficulty"
+    resolved = with_difficulty_window(cfg, epochs=8, per_class=6000)
+    d = resolved["distill"]
+    assert (d["window"], d["min_start_epoch"], d["max_start_epoch"], d["max_start_epoch_init"]) == ("fixed", 2, 5, None)
+    assert cfg["distill"]["window"] == "difficulty"  # the input is not modified
+    mtt = compose(["method=mtt", "ipc=300"])
+    assert with_difficulty_window(mtt, epochs=8, per_class=6000) is mtt
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="unknown distill.window 'late'"):
+        validate(compose(["distill.window=late"]), "distill")
+    with pytest.raises(ConfigError, match="leaves no start epoch"):
+        validate(compose(["method=datm", "experts.epochs=2", "distill.expert_epochs=2"]), "distill")
+    # a fixed window beyond the experts is an error; the rule fits any store
+    with pytest.raises(ConfigError, match="must lie within experts.epochs"):
+        validate(compose(["distill.max_start_epoch=9"]), "distill")
+    validate(compose(["method=datm", "distill.max_start_epoch=9"]), "distill")
