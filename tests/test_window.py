@@ -32,6 +32,11 @@ def test_hand_computed_windows(ipc, per_class, epochs, expert_epochs, expected):
     assert difficulty_window(ipc, per_class, epochs, expert_epochs) == expected
 
 
+def test_float_starts_reach_the_upper_end_so_it_stops_a_segment_earlier():
+    # integer starts: the last is 4, 4 + 4 = 8; float starts reach 4 itself: upper end 8 − 4 = 4
+    assert difficulty_window(6000, 6000, 8, 4, continuous=True) == Window(3, 4, None)
+
+
 @pytest.mark.parametrize("ipc, per_class, lo, hi", DATM_CONFIGS)
 def test_rule_lies_within_13_epochs_of_datms_table(ipc, per_class, lo, hi):
     w = difficulty_window(ipc, per_class, 100, 2)

@@ -39,12 +39,13 @@ def _clip(x: float, lo: float, hi: float) -> float:
     return min(max(x, lo), hi)
 
 
-def difficulty_window(ipc: int, per_class: float, epochs: int, expert_epochs: int) -> Window:
-    """The rule above for ``ipc`` synthetic of ``per_class`` real images per class and a store of ``epochs``."""
+def difficulty_window(ipc: int, per_class: float, epochs: int, expert_epochs: int, continuous: bool = False) -> Window:
+    """The rule above for ``ipc`` synthetic of ``per_class`` real images per class and a store of ``epochs``
+    (``continuous``: float starts, MCT's, reach up to the upper end itself)."""
     r = ipc / per_class
     upper = _clip(0.04 + 0.22 * math.log10(r / 2e-4), 0.04, 0.70)
     lower = _clip(0.33 * math.log10(r / 0.01), 0.0, 0.40)
-    max_start = min(max(1, round(upper * epochs)), epochs - expert_epochs + 1)
+    max_start = min(max(1, round(upper * epochs)), epochs - expert_epochs + (0 if continuous else 1))
     min_start = min(round(lower * epochs), max_start - 1)
     init = max(min_start + 1, round(max_start / 2)) if lower == 0 and upper >= 0.1 else None
     return Window(min_start, max_start, init if init is not None and init < max_start else None)
@@ -56,7 +57,7 @@ def with_difficulty_window(cfg: dict[str, Any], epochs: int, per_class: float) -
     d = cfg["distill"]
     if d["window"] != "difficulty":
         return cfg
-    w = difficulty_window(cfg["ipc"], per_class, epochs, d["expert_epochs"])
+    w = difficulty_window(cfg["ipc"], per_class, epochs, d["expert_epochs"], d["continuous_start"])
     print(f"distill.window=difficulty: ipc {cfg['ipc']} of {per_class:g} real images per class, {epochs} expert epochs "
           f"→ start epochs [{w.min_start}, {w.max_start})"
           + (f", the upper end growing from {w.max_start_init}" if w.max_start_init is not None else ""))

@@ -1,0 +1,155 @@
+"""Large IPC on Fashion-MNIST: DATM's per-IPC recipes against random real, DDOQ's medoids, another trajectory
+matcher and the full training set, on ConvNet and (``--archs``) other architectures.
+
+    RAY_AUTH_MODE=disabled nohup .venv/bin/python benchmarks/large_ipc.py --root runs/large_ipc > runs/large_ipc.log &
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/large_ipc.py --root /tmp/smoke --results /tmp/smoke/results \
+        --ipcs 1 --archs convnet --models 1 --eval-epochs 5 --full-epochs 1 \
+        --smoke experts.num=2 experts.epochs=3 distill.iterations=3 quantize.ae_epochs=1  # smoke
+
+Per IPC: ``random`` (real images), ``ddoq`` (``experiment=fmnist_ddoq``: autoencoder latent, medoids, cluster
+weights), ``datm`` (``experiment=fmnist_datm_ipc<K>``: its window from method=datm's difficulty rule) and
+``--other`` (default mct: the same recipe and window rule on MCT's waypoint store); ``full``: the whole training
+set at the same width, trained with DSA for ``--full-epochs``. Every set: ``--models`` fresh networks per
+architecture, 300 epochs, DSA, final accuracy. Rows are kept in the results JSON and skipped on a rerun; after
+each row it writes ``benchmarks/results/large_ipc.{json,md}`` and the accuracy-vs-IPC plot ``large_ipc.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+RECIPE_KEYS = ("iterations", "syn_steps", "expert_epochs", "batch_syn", "lr_img", "window", "eval_every")
+
+
+def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]:
+    """The config overrides of one row: the kind's experiment (or method), the shared width and evaluation."""
+    from raydd.config import compose
+
+    shared = [f"storage.root={args.root}", "seed=0", f"evaluate.num_models={args.models}", *args.smoke,
+              f"evaluate.models=[{','.join(args.archs)}]", f"distill.cpus_per_worker={args.cpus}", "workers=1"]
+    if kind == "full":
+        return ["method=full", "model.width=16", f"evaluate.epochs={args.full_epochs}", "evaluate.dsa=true", *shared]
+    per_ipc = [f"ipc={ipc}", f"evaluate.epochs={args.eval_epochs}", *shared]
+    if kind == "random":
+        return ["method=random", "model.width=16", *per_ipc]
+    if kind == "ddoq":
+        return ["experiment=fmnist_ddoq", "model.width=16", *per_ipc]
+    recipe = [f"experiment=fmnist_datm_ipc{ipc}", *per_ipc]
+    if kind == "datm":
+        return recipe
+    cfg = compose(recipe)  # the same recipe for another method: its width, experts and distill keys
+    d, e = cfg["distill"], cfg["experts"]
+    return [f"method={kind}", f"model.width={cfg['model']['width']}", f"experts.num={e['num']}", f"experts.epochs={e['epochs']}",
+            *(f"distill.{k}={'null' if d[k] is None else d[k]}" for k in RECIPE_KEYS), *per_ipc]
+
+
+def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
+    """Make the row's set through raydd's stages (experts → distill, or quantize) and evaluate it."""
+    from raydd.config import compose, validate
+    from raydd.distill import stage as distill
+    from raydd.evaluate import stage as evaluate
+    from raydd.experts import stage as experts
+    from raydd.quantize import stage as quantize
+
+    cfg = compose(overrides(args, kind, ipc))
+    tic, set_uri, made = time.time(), None, {}
+    if kind == "ddoq":
+        validate(cfg, "quantize")
+        set_uri = quantize.run(cfg)["set"]
+    elif kind not in ("random", "full"):
+        validate(cfg, "distill")
+        made = distill.run(cfg, experts.run(cfg)["store"])
+        set_uri = made["set"]
+    made_s = time.time() - tic
+    summary = evaluate.run(cfg, set_uri)["summary"]
+    return {"key": f"{kind}-{ipc}", "kind": kind, "ipc": ipc, "overrides": overrides(args, kind, ipc),
+            "accuracy": {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()},
+            "make_s": round(made_s, 1), "wall_s": round(time.time() - tic, 1), "learned_lr": made.get("lr"),
+            "start_window": made.get("start_window")}
+
+
+def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
+    kinds = ["random", "ddoq", "datm", args.other]
+    full = rows.get("full-None")
+    lines = ["# Large IPC, Fashion-MNIST, ConvNet-3 width 16", "", f"Command: `{args.command}`  ",
+             f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU  ",
+             f"Setup: per IPC the rows of `benchmarks/large_ipc.py` (recipes in `raydd/configs/experiment/fmnist_datm_ipc*.yaml`, "
+             f"`fmnist_ddoq.yaml`); {args.models} models per architecture, 300 epochs with DSA, final accuracy (mean ± std); "
+             f"full: the 60k training images, {args.full_epochs} epochs with DSA. Wall time: making the set and evaluating it.", ""]
+    for arch in args.archs:
+        lines += [f"## {arch}", "", "| IPC | " + " | ".join(kinds) + " | full data | best − full |",
+                  "|---|" + "---|" * (len(kinds) + 2)]
+        f = full["accuracy"].get(arch) if full else None
+        for ipc in args.ipcs:
+            cells, best = [], None
+            for kind in kinds:
+                r = rows.get(f"{kind}-{ipc}")
+                a = r["accuracy"].get(arch) if r else None
+                cells.append("–" if a is None else f"{a['mean']:.2f} ± {a['std']:.2f} ({r['wall_s']:.0f} s)")
+                if a and kind in ("datm", args.other):
+                    best = a["mean"] if best is None else max(best, a["mean"])
+            gap = "–" if best is None or f is None else f"{best - f['mean']:+.2f}"
+            full_cell = "–" if f is None else f"{f['mean']:.2f} ± {f['std']:.2f}"
+            lines.append(f"| {ipc} | " + " | ".join(cells) + f" | {full_cell} | {gap} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(args: argparse.Namespace, rows: dict[str, dict]) -> None:
+    from raydd.report.figures import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for kind in ["random", "ddoq", "datm", args.other]:
+        pts = [(ipc, rows[f"{kind}-{ipc}"]["accuracy"]["convnet"]) for ipc in args.ipcs if f"{kind}-{ipc}" in rows]
+        if pts:
+            ax.errorbar([p for p, _ in pts], [a["mean"] for _, a in pts], yerr=[a["std"] for _, a in pts], marker="o", label=kind)
+    if "full-None" in rows:
+        ax.axhline(rows["full-None"]["accuracy"]["convnet"]["mean"], color="k", ls="--", label="full data")
+    ax.set(xscale="log", xlabel="images per class", ylabel="test accuracy (%)", title="Fashion-MNIST, ConvNet-3 w16")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.results / "large_ipc.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="runs/large_ipc")
+    ap.add_argument("--ipcs", type=int, nargs="+", default=[50, 100, 300])
+    ap.add_argument("--other", default="mct", choices=["mtt", "ast", "mct"])
+    ap.add_argument("--archs", nargs="+", default=["convnet", "resnet18", "vgg11"])
+    ap.add_argument("--models", type=int, default=3)
+    ap.add_argument("--full-epochs", type=int, default=30)
+    ap.add_argument("--eval-epochs", type=int, default=300)
+    ap.add_argument("--smoke", nargs="*", default=[], help="extra overrides for every row (smoke runs: fewer experts, iterations)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--cpus", type=int, default=2)
+    args = ap.parse_args()
+    args.command = "RAY_AUTH_MODE=disabled .venv/bin/python " + " ".join(["benchmarks/large_ipc.py", *sys.argv[1:]])
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    out = args.results / "large_ipc.json"
+    rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
+    for kind, ipc in [("full", None), *((k, i) for i in args.ipcs for k in ("random", "ddoq", "datm", args.other))]:
+        if f"{kind}-{ipc}" in rows:
+            continue
+        rows[f"{kind}-{ipc}"] = run_row(args, kind, ipc)
+        args.results.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"command": args.command, "rows": list(rows.values())}, indent=2))
+        (args.results / "large_ipc.md").write_text(markdown(args, rows))
+        plot(args, rows)
+        print("large_ipc:", json.dumps(rows[f"{kind}-{ipc}"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
