@@ -81,11 +81,13 @@ METHOD_TABLE = [Cell("all components", m, ipc, {"mtt": "plain", "datm": "ftd", "
 
 
 def common(args: argparse.Namespace, method: str, ipc: int) -> list[str]:
-    """Overrides every run shares: dataset, width, experts' size, per-IPC matching, evaluation protocol."""
+    """Overrides every run shares: dataset, width, experts' size, per-IPC matching, evaluation protocol. The window is
+    PER_IPC's, fixed (datm's growing from [0, 1) over its window_grow_iters), as the recorded run had it."""
     per_ipc = {k: v for k, v in PER_IPC[ipc].items() if not (method == "ast" and k == "expert_epochs")}
     return ["dataset=fashion_mnist", f"model.width={args.width}", f"storage.root={args.root}", f"ipc={ipc}",
             f"method={method}", "seed=0", f"experts.num={args.experts}", f"experts.epochs={args.expert_epochs}",
-            "distill.window=fixed", *(f"distill.{k}={v}" for k, v in per_ipc.items()), "distill.eval_every=0", "distill.checkpoint_every=50",
+            "distill.window=fixed", *(["distill.max_start_epoch_init=1"] if method == "datm" else []),
+            *(f"distill.{k}={v}" for k, v in per_ipc.items()), "distill.eval_every=0", "distill.checkpoint_every=50",
             "workers=1", f"distill.cpus_per_worker={args.cpus}", f"evaluate.num_models={args.models}",
             "evaluate.epochs=300"]
 
