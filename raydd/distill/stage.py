@@ -54,9 +54,9 @@ def open_store(cfg: dict[str, Any], store_uri: str | None = None) -> TrajectoryS
 
 
 def check_segments(cfg: dict[str, Any], store: TrajectoryStore) -> None:
-    """The start window (resolved: ``distill.window=fixed``) and the segments fit what ``store`` holds."""
+    """The segments fit what ``store`` holds, before any data is read (``distill.window=difficulty`` fits by construction)."""
     d = DistillSpec.from_config(cfg["distill"])
-    if last_start(d) + d.expert_epochs > store.epochs:
+    if d.window == "fixed" and last_start(d) + d.expert_epochs > store.epochs:
         raise ConfigError(f"distill's last start epoch + expert_epochs = {last_start(d) + d.expert_epochs:g} "
                           f"exceeds the {store.epochs:g} epochs stored at {store.loc.uri}")
     if d.continuous_start and store.form not in FLOAT_EPOCH_FORMS:
@@ -159,11 +159,11 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
         print(f"distilled set already at {loc.uri} (same settings): kept")
         return {"set": loc.uri, "lr": ds.lr, **ds.meta}
     store = open_store(cfg, store_uri)
+    check_segments(cfg, store)
     init_ray(cfg)
     spec = dataset_spec(cfg["dataset"])
     train = open_split(cfg["dataset"], LoaderSpec.from_config(cfg["loader"]), "train")
     cfg = with_difficulty_window(cfg, int(store.epochs), len(train) / spec.num_classes)
-    check_segments(cfg, store)
     d = DistillSpec.from_config(cfg["distill"])
     require_gpus(max(1, cfg["workers"]) * d.gpus_per_worker, "distill.gpus_per_worker × workers")
     zca = store.zca()
