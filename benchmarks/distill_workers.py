@@ -48,7 +48,7 @@ def main() -> None:
         cfg = compose(["dataset=fashion_mnist", f"model.width={args.width}", f"storage.root={args.root}", "ipc=50",
                        f"experts.num={args.experts}", f"experts.epochs={args.expert_epochs}", f"workers={workers}",
                        f"distill.iterations={args.iterations}", f"distill.syn_steps={args.syn_steps}",
-                       "distill.max_start_epoch=4", "distill.eval_every=0", f"distill.checkpoint_every={args.iterations}",
+                       "distill.batch_syn=null", "distill.max_start_epoch=4", "distill.eval_every=0", f"distill.checkpoint_every={args.iterations}",
                        "distill.cpus_per_worker=1", f"run_name=workers{workers}-ipc50"])
         experts.run(cfg)
         out = resolve(distill.run(cfg)["set"])

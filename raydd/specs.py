@@ -25,6 +25,7 @@ EXPERT_DTYPES = ("float32", "float16")
 CLIP_MODES = ("scale", "clip")
 PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
+HEAPS = ("auto", "reuse", "default")
 LR_PARAMS = ("plain", "log")
 WINDOWS = ("fixed", "difficulty")
 BALANCES = ("epoch", "class")
@@ -173,6 +174,7 @@ class DistillSpec:
     batch_syn: int | None
     momentum_img: float
     unroll: str
+    heap: str
     init: str
     soft_labels: bool
     soft_label_init: str
@@ -208,6 +210,12 @@ class DistillSpec:
     @property
     def resources(self) -> Resources:
         return Resources(self.cpus_per_worker, self.gpus_per_worker)
+
+    @property
+    def reuse_heap(self) -> bool:
+        """Whether a worker keeps large freed blocks on glibc's heap (``raydd.runtime.reuse_heap``): ``auto``
+        for the constant-memory unroll only (its one graph at a time leaves the heap little to fragment)."""
+        return self.heap == "reuse" or (self.heap == "auto" and self.unroll == "constant_memory")
 
 
 @dataclass(frozen=True)
@@ -436,6 +444,7 @@ def last_start(d: DistillSpec) -> float:
 def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     """``window``: the start window must fit the experts' epochs (stages that read a store)."""
     _choice(d.unroll, "distill.unroll", UNROLLS)
+    _choice(d.heap, "distill.heap", HEAPS)
     _choice(d.init, "distill.init", INITS)
     _choice(d.soft_label_init, "distill.soft_label_init", SOFT_LABEL_INITS)
     _choice(d.perturb_mode, "distill.perturb_mode", PERTURB_MODES)

@@ -32,7 +32,7 @@ def test_quantize_settings_name_a_new_set(override):
 
 
 @pytest.mark.parametrize("override", ["experts.num=9", "experts.cpus_per_expert=2", "workers=3",
-                                      "distill.cpus_per_worker=2", "distill.checkpoint_every=7", "quantize.cpus_per_task=2",
+                                      "distill.cpus_per_worker=2", "distill.checkpoint_every=7", "distill.heap=reuse", "quantize.cpus_per_task=2",
                                       "dataset.root=/elsewhere"])
 def test_orchestration_keeps_the_same_store_and_set(override):
     assert where(override) == where()

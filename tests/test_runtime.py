@@ -41,3 +41,13 @@ def test_reuse_heap_keeps_a_100_mb_block_on_the_heap():
     changed, mapped, heap = heap_around_100_mb("reuse")
     assert changed == "True" and mapped < 50 * 2**20  # the block is on the heap (a few small mappings remain)
     assert heap >= 90 * 2**20  # and stays there when freed: the top of the heap is not trimmed
+
+
+@pytest.mark.parametrize("heap, unroll, reuses", [("auto", "plain", False), ("auto", "constant_memory", True),
+                                                  ("reuse", "plain", True), ("default", "constant_memory", False)])
+def test_distill_heap_picks_the_workers_allocator(heap, unroll, reuses):
+    from raydd.config import compose
+    from raydd.specs import DistillSpec
+
+    d = DistillSpec.from_config(compose([f"distill.heap={heap}", f"distill.unroll={unroll}"])["distill"])
+    assert d.reuse_heap is reuses

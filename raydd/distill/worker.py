@@ -112,8 +112,8 @@ def train_fn(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(config["threads"])
-    if d.unroll == "constant_memory":
-        reuse_heap()  # its one step's graph at a time leaves the heap little to fragment (raydd.runtime.reuse_heap)
+    if d.reuse_heap:
+        reuse_heap()
     store = TrajectoryStore.open(resolve(config["store"], run.storage.endpoint_url))
     net = FlatModel(build_model(run.model, spec).to(device), run.channels_last)
     init = ray.get(config["init"])
