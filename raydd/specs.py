@@ -169,6 +169,7 @@ class DistillSpec:
     lr_init: float
     lr_param: str
     lr_backoff: float
+    lr_max_step: float | None
     max_rejected_fraction: float
     lr_label: float
     batch_syn: int | None
@@ -457,6 +458,9 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     if not 0 < d.lr_backoff <= 1 or not 0 <= d.max_rejected_fraction <= 1 or d.temperature <= 0:
         raise ConfigError("distill.lr_backoff must lie in (0, 1], distill.max_rejected_fraction in [0, 1] and "
                           "distill.temperature must be positive")
+    if d.lr_max_step is not None and not d.lr_max_step > 1:
+        raise ConfigError(f"distill.lr_max_step must be > 1 (the most the learned lr may change by in one iteration) "
+                          f"or null (unbounded), got {d.lr_max_step}")
     if d.perturb < 0:
         raise ConfigError(f"distill.perturb must be >= 0 (0: no weight perturbation), got {d.perturb}")
     _choice(d.window, "distill.window", WINDOWS)

@@ -80,6 +80,7 @@ BAD = {
     "parquet without uri": (["evaluate", "dataset=parquet"], "missing mandatory value dataset.uri"),
     "unknown stage": (["destill"], "unknown stage 'destill'; choose one of data, experts"),
     "bad unroll": (["distill", "distill.unroll=recursive"], "unknown distill.unroll 'recursive'; choose plain or constant_memory"),
+    "bad lr_max_step": (["distill", "distill.lr_max_step=1"], "distill.lr_max_step must be > 1"),
     "bad heap": (["distill", "distill.heap=jemalloc"], "unknown distill.heap 'jemalloc'; choose one of auto, reuse, default"),
     "bad dsa strategy": (["distill", "distill.dsa_strategy=crop_blur"], "distill.dsa_strategy: unknown DSA transform 'blur'"),
     "bad temperature": (["distill", "distill.temperature=0"], "distill.lr_backoff must lie in (0, 1]"),

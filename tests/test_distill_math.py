@@ -417,3 +417,38 @@ def test_correct_init_takes_expert_zeros_correct_images_then_the_next_experts_as
     assert sorted(idx[:2].tolist()) == [1, 4] and sorted(idx[2:].tolist()) == [6, 7]  # class 1: 0.5 > 0 always
     with pytest.raises(ValueError, match="fewer than ipc=3"):
         correct_indices(labels, lambda i: images[i], flag_net, experts, 3, seed=0)
+
+
+def test_lr_collapse_says_when_the_student_moved_away_from_the_expert():
+    from raydd.distill.stage import lr_collapse
+
+    ast = DistillSpec.from_config(compose(["method=ast", "distill.expert_epochs=2", "distill.syn_steps=20"])["distill"])
+    assert len(interior_points(ast)) == 1 and ast.intermediate_weight == 1.0  # a still student scores 1 + 1
+    history = [{"loss": 2.482, "lr": 0.00926}, {"loss": 2.0, "lr": 0.00034}]  # the fidelity run's AST at IPC 1
+    note = lr_collapse(history, ast)
+    assert note.startswith("the learned lr fell from 0.01 to 0.00034; the first matching loss 2.482 was above 2,")
+    assert "distill.student_momentum" in note
+    assert "above" not in lr_collapse([{"loss": 1.9, "lr": 0.009}, {"loss": 1.9, "lr": 0.0009}], ast)
+    assert lr_collapse([{"loss": 2.5, "lr": 0.009}, {"loss": 2.0, "lr": 0.0011}], ast) is None  # above a tenth: fine
+    assert lr_collapse([], ast) is None
+
+
+@pytest.mark.parametrize("param", ["plain", "log"])
+def test_an_applied_step_moves_the_lr_by_at_most_lr_max_step(param):
+    from raydd.distill.state import new_state
+
+    for bound, expected in ((2.0, 0.02), (None, None)):
+        d = replace(D, lr_param=param, lr_max_step=bound, lr_lr=1e-5)
+        state = new_state(torch.arange(4), torch.zeros(4, 1, 2, 2), torch.arange(4), None, d, torch.device("cpu"))
+        opts = make_optimizers(state, d)
+        state.images.grad = torch.zeros_like(state.images)
+        state.set_lr_grad(torch.tensor(-2000.0))  # plain SGD: 0.01 + 1e-5·2000 = 0.03, 3x in one step
+        assert apply_step(state, opts, 0.5, True, Guard(1.0, 3), d, 0).applied
+        if expected is not None:
+            assert float(state.lr) == pytest.approx(expected, rel=1e-6)
+        else:
+            assert float(state.lr) > 0.025  # unbounded: plain 0.03, log 0.01·e^2
+        state.set_lr_grad(torch.tensor(1.0))  # the lr optimiser's momentum still pushes: bounded again
+        before = float(state.lr)
+        apply_step(state, opts, 0.5, True, Guard(1.0, 3), d, 1)
+        assert bound is None or before / 2 * (1 - 1e-6) <= float(state.lr) <= before * 2 * (1 + 1e-6)

@@ -147,6 +147,20 @@ def check_rejections(history: list[dict[str, Any]], d: DistillSpec) -> None:
                             "no set was written: lower distill.lr_lr or distill.lr_img, or use distill.lr_param=log")
 
 
+def lr_collapse(history: list[dict[str, Any]], d: DistillSpec) -> str | None:
+    """What to tell the user when the learned lr ended below a tenth of its start: the set then barely moved. If the
+    first matching loss was above that of a student that does not move (1 per matched target, by its weight), the
+    inner steps took the student away from the expert, and shrinking the lr is what lowered the loss."""
+    if not history or history[-1]["lr"] >= d.lr_init / 10:
+        return None
+    still = 1 + d.intermediate_weight * len(interior_points(d))
+    first = history[0]["loss"]
+    why = (f"; the first matching loss {first:.3f} was above {still:g}, a student that does not move: the inner steps took "
+           "the student away from the expert (lower distill.lr_init, and distill.lr_lr by its square under lr_param=log, "
+           "or distill.student_momentum)" if first > still else "")
+    return f"the learned lr fell from {d.lr_init:g} to {history[-1]['lr']:.3g}{why}; the set is barely distilled"
+
+
 def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None = None,
         callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
     """Distil from the expert store at ``store_uri`` (default: the configured one) into ``out`` (default: the
@@ -187,6 +201,10 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
             "experts": store.loc.uri,
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
+    collapse = lr_collapse(history, d)
+    if collapse:
+        meta["warning"] = collapse
+        print(f"warning: {collapse}")
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)
     save_set(ds, loc, spec)
     if history:

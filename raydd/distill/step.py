@@ -94,7 +94,7 @@ def grads_finite(state: ShardState) -> bool:
 
 def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: float, finite: bool, guard: Guard,
                d: DistillSpec, iteration: int) -> StepResult:
-    """Step the optimisers unless a guard or DATM's loss threshold says no; roll back a bad lr.
+    """Step the optimisers unless a guard or DATM's loss threshold says no; roll back a bad lr, bound a big lr step.
 
     ``loss`` and ``finite`` must be the same on every worker (all-reduced), so all agree. A step
     rolled back for its lr also backs off the lr's own learning rate (``distill.lr_backoff``),
@@ -111,9 +111,12 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
     backup = [leaf.detach().clone() for leaf in state.leaves()]
     momenta = {k: {p: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()} for p, s in o.state.items()}
                for k, o in opts.items()}
+    lr_before = float(state.lr)
     for opt in opts.values():
         opt.step()
     reason = guard.check(loss, True, float(state.lr))
+    if reason is None and d.lr_max_step is not None:
+        state.bound_lr(lr_before, d.lr_max_step)
     if reason is not None:  # roll the whole step back: images, lr, labels and optimiser momenta
         with torch.no_grad():
             for leaf, old in zip(state.leaves(), backup):
