@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="run only cells whose key contains one of these")
     args = ap.parse_args()
-    args.command = "RAY_AUTH_MODE=disabled .venv/bin/python " + " ".join(["benchmarks/fidelity.py", *sys.argv[1:]])
+    args.command = "RAY_AUTH_MODE=disabled .venv/bin/python " + shlex.join(["benchmarks/fidelity.py", *sys.argv[1:]])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
