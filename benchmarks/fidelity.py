@@ -156,6 +156,10 @@ def earlier(ipc: int, method: str) -> dict | None:
     return next((r for r in rows if r["method"] == method and r["ipc"] == ipc and r["iterations"] == its), None)
 
 
+def overrides_cell(cell: Cell) -> str:
+    return " ".join(f"`{o}`" for o in cell.overrides) or "-"
+
+
 def fmt(r: dict | None) -> str:
     return "–" if r is None else f"{r['mean']:.2f} ± {r['std']:.2f}"
 
@@ -184,7 +188,7 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
         delta = "–" if cell.name == "all components" or full is None else f"{r['mean'] - full['mean']:+.2f}"
         gain = "–" if rnd is None else f"{r['mean'] - rnd['mean']:+.2f}"
         lines.append(f"| {cell.method} | {cell.name} | {cell.store} | {fmt(r)} | {delta} | {gain} | {r['learned_lr']:.4f} | "
-                     f"{r['distill_s']} | {' '.join(f'`{o}`' for o in cell.overrides) or '-'} |")
+                     f"{r['distill_s']} | {overrides_cell(cell)} |")
     ast1 = [c for c in [Cell("all components", "ast", 1, "smooth"), *AST_IPC1] if c.key in rows]
     if ast1:
         lines += ["", "## AST at IPC 1: the student's momentum", "",
@@ -194,7 +198,7 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
             r = rows[c.key]
             gain = "–" if rnd is None else f"{r['mean'] - rnd['mean']:+.2f}"
             lines.append(f"| {c.name} | {fmt(r)} | {gain} | {r['learned_lr']:.5f} | {r['distill_s']} | "
-                         f"{' '.join(f'`{o}`' for o in c.overrides) or '-'} |")
+                         f"{overrides_cell(c)} |")
     lines += ["", "## Method table, faithful defaults", "",
               "Earlier: `benchmarks/results/distill_accuracy.md` (raydd's earlier variants of each method; 10 plain "
               "experts × 20 epochs, 6 smooth × 10 for ast, 300 iterations at IPC 1 and 400 at IPC 10, max_start 6 and "
@@ -232,8 +236,7 @@ def main() -> None:
     out = RESULTS / "fidelity.json"
     recorded = json.loads(out.read_text()) if out.exists() else {"rows": []}
     rows = {r["key"]: r for r in recorded["rows"]}
-    args.commands = list(dict.fromkeys([*recorded.get("commands", [recorded["command"]] if "command" in recorded else []),
-                                        args.command]))
+    args.commands = list(dict.fromkeys([*recorded.get("commands", []), args.command]))
     # cheapest experts first: plain (mtt, mct), then FTD (datm), then smooth (ast); the other IPCs, then the extras
     order = sorted(dict.fromkeys([*ABLATION, *METHOD_TABLE, *AST_IPC1]), key=lambda c: (
         4 if c.extra else {"plain": 0, "waypoints": 0, "convex": 0, "ftd": 1, "smooth": 2}[c.store] if c.ipc == 10 else 3,

@@ -115,8 +115,6 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
     for opt in opts.values():
         opt.step()
     reason = guard.check(loss, True, float(state.lr))
-    if reason is None and d.lr_max_step is not None:
-        state.bound_lr(lr_before, d.lr_max_step)
     if reason is not None:  # roll the whole step back: images, lr, labels and optimiser momenta
         with torch.no_grad():
             for leaf, old in zip(state.leaves(), backup):
@@ -125,6 +123,8 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
             opt.state.clear()
             opt.state.update(momenta[k])
         opts["lr"].param_groups[0]["lr"] *= d.lr_backoff
+    elif d.lr_max_step is not None:
+        state.bound_lr(lr_before, d.lr_max_step)
     guard.record(reason, iteration)
     if reason is None and state.ema is not None:
         state.ema.mul_(d.ema).add_(state.images.detach(), alpha=1 - d.ema)
