@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -75,29 +76,43 @@ def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
             "start_window": made.get("start_window")}
 
 
+def margin(best: dict | None, got: dict[str, dict | None]) -> str:
+    """The best distilled set's lead over the stronger baseline, and whether it is more than two standard errors
+    of the difference (each mean's standard error from its models' std)."""
+    base = max((got[k] for k in ("random", "ddoq") if got.get(k)), key=lambda a: a["mean"], default=None)
+    if best is None or base is None:
+        return "–"
+    lead = best["mean"] - base["mean"]
+    two_se = 2 * math.sqrt(best["std"] ** 2 / best["n"] + base["std"] ** 2 / base["n"])
+    return f"{lead:+.2f} ({'>' if lead > two_se else '≤'} 2 SE = {two_se:.2f})"
+
+
 def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
     kinds = ["random", "ddoq", "datm", args.other]
     full = rows.get("full-None")
-    lines = ["# Large IPC, Fashion-MNIST, ConvNet-3 width 16", "", f"Command: `{args.command}`  ",
+    commands = dict.fromkeys(r.get("command", args.command) for r in rows.values())
+    lines = ["# Large IPC, Fashion-MNIST, ConvNet-3 width 16", "", "Commands (each row keeps its own in the JSON):", "",
+             *(f"    {c}" for c in commands), "",
              f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU  ",
              f"Setup: per IPC the rows of `benchmarks/large_ipc.py` (recipes in `raydd/configs/experiment/fmnist_datm_ipc*.yaml`, "
              f"`fmnist_ddoq.yaml`); {args.models} models per architecture, 300 epochs with DSA, final accuracy (mean ± std); "
-             f"full: the 60k training images, {args.full_epochs} epochs with DSA. Wall time: making the set and evaluating it.", ""]
+             f"full: the 60k training images, {args.full_epochs} epochs with DSA. Wall time: making the set and evaluating it "
+             "(experts included the first time a store is trained). best: the better of the trajectory matchers; "
+             "2 SE: two standard errors of the difference of means (std over the models).", ""]
     for arch in args.archs:
-        lines += [f"## {arch}", "", "| IPC | " + " | ".join(kinds) + " | full data | best − full |",
-                  "|---|" + "---|" * (len(kinds) + 2)]
+        lines += [f"## {arch}", "", "| IPC | " + " | ".join(kinds) + " | full data | best − full | best − max(random, ddoq) |",
+                  "|---|" + "---|" * (len(kinds) + 3)]
         f = full["accuracy"].get(arch) if full else None
         for ipc in args.ipcs:
-            cells, best = [], None
+            cells, got = [], {}
             for kind in kinds:
                 r = rows.get(f"{kind}-{ipc}")
-                a = r["accuracy"].get(arch) if r else None
+                a = got[kind] = r["accuracy"].get(arch) if r else None
                 cells.append("–" if a is None else f"{a['mean']:.2f} ± {a['std']:.2f} ({r['wall_s']:.0f} s)")
-                if a and kind in ("datm", args.other):
-                    best = a["mean"] if best is None else max(best, a["mean"])
-            gap = "–" if best is None or f is None else f"{best - f['mean']:+.2f}"
+            best = max((got[k] for k in ("datm", args.other) if got.get(k)), key=lambda a: a["mean"], default=None)
+            gap = "–" if best is None or f is None else f"{best['mean'] - f['mean']:+.2f}"
             full_cell = "–" if f is None else f"{f['mean']:.2f} ± {f['std']:.2f}"
-            lines.append(f"| {ipc} | " + " | ".join(cells) + f" | {full_cell} | {gap} |")
+            lines.append(f"| {ipc} | " + " | ".join(cells) + f" | {full_cell} | {gap} | {margin(best, got)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -120,11 +135,20 @@ def plot(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     plt.close(fig)
 
 
+def save(args: argparse.Namespace, rows: dict[str, dict]) -> None:
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "large_ipc.json").write_text(json.dumps({"rows": list(rows.values())}, indent=2))
+    (args.results / "large_ipc.md").write_text(markdown(args, rows))
+    plot(args, rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="runs/large_ipc")
     ap.add_argument("--ipcs", type=int, nargs="+", default=[50, 100, 300])
     ap.add_argument("--other", default="mct", choices=["mtt", "ast", "mct"])
+    ap.add_argument("--kinds", nargs="+", default=["random", "ddoq", "datm", "other"],
+                    choices=["random", "ddoq", "datm", "other"], help="which sets per IPC to make (other: --other's)")
     ap.add_argument("--archs", nargs="+", default=["convnet", "resnet18", "vgg11"])
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--full-epochs", type=int, default=30)
@@ -140,15 +164,14 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     out = args.results / "large_ipc.json"
     rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
-    for kind, ipc in [("full", None), *((k, i) for i in args.ipcs for k in ("random", "ddoq", "datm", args.other))]:
+    kinds = [args.other if k == "other" else k for k in args.kinds]
+    for kind, ipc in [("full", None), *((k, i) for i in args.ipcs for k in kinds)]:
         if f"{kind}-{ipc}" in rows:
             continue
-        rows[f"{kind}-{ipc}"] = run_row(args, kind, ipc)
-        args.results.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"command": args.command, "rows": list(rows.values())}, indent=2))
-        (args.results / "large_ipc.md").write_text(markdown(args, rows))
-        plot(args, rows)
+        rows[f"{kind}-{ipc}"] = {**run_row(args, kind, ipc), "command": args.command}
+        save(args, rows)
         print("large_ipc:", json.dumps(rows[f"{kind}-{ipc}"]), flush=True)
+    save(args, rows)
 
 
 if __name__ == "__main__":

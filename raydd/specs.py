@@ -182,6 +182,7 @@ class DistillSpec:
     window_grow_iters: int
     max_start_epoch_init: int | None
     loss_threshold: float | None
+    threshold_patience: int | None
     ema: float
     intermediate_weight: float
     intermediate_points: int | None
@@ -461,6 +462,8 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     if d.lr_max_step is not None and not d.lr_max_step > 1:
         raise ConfigError(f"distill.lr_max_step must be > 1 (the most the learned lr may change by in one iteration) "
                           f"or null (unbounded), got {d.lr_max_step}")
+    if d.threshold_patience is not None:
+        _positive_int(d.threshold_patience, "distill.threshold_patience")
     if d.perturb < 0:
         raise ConfigError(f"distill.perturb must be >= 0 (0: no weight perturbation), got {d.perturb}")
     _choice(d.window, "distill.window", WINDOWS)

@@ -81,6 +81,8 @@ BAD = {
     "unknown stage": (["destill"], "unknown stage 'destill'; choose one of data, experts"),
     "bad unroll": (["distill", "distill.unroll=recursive"], "unknown distill.unroll 'recursive'; choose plain or constant_memory"),
     "bad lr_max_step": (["distill", "distill.lr_max_step=1"], "distill.lr_max_step must be > 1"),
+    "bad threshold patience": (["distill", "distill.threshold_patience=0"],
+                               "distill.threshold_patience must be a positive integer"),
     "bad heap": (["distill", "distill.heap=jemalloc"], "unknown distill.heap 'jemalloc'; choose one of auto, reuse, default"),
     "bad dsa strategy": (["distill", "distill.dsa_strategy=crop_blur"], "distill.dsa_strategy: unknown DSA transform 'blur'"),
     "bad temperature": (["distill", "distill.temperature=0"], "distill.lr_backoff must lie in (0, 1]"),

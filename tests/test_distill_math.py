@@ -307,6 +307,41 @@ def test_loss_threshold_skips_without_counting_as_failure():
     assert not res.applied and "threshold" in res.reason and guard.total == 0
 
 
+@pytest.mark.parametrize("param", ["plain", "log"])
+def test_threshold_patience_backs_the_lr_off_after_skips_in_a_row(param):
+    from raydd.distill.state import new_state
+
+    for patience in (3, None):
+        d = replace(D, lr_param=param, loss_threshold=1.0, threshold_patience=patience, lr_backoff=0.5)
+        state = new_state(torch.arange(4), torch.zeros(4, 1, 2, 2), torch.arange(4), None, d, torch.device("cpu"))
+        opts = make_optimizers(state, d)
+        lr_of_lr, guard = opts["lr"].param_groups[0]["lr"], Guard(1.0, 5)
+        state.images.grad, state.lr_param.grad = torch.zeros_like(state.images), torch.tensor(0.0)
+        apply_step(state, opts, 5.0, True, guard, d, 0)
+        apply_step(state, opts, 0.5, True, guard, d, 1)  # applied: the streak starts again
+        reasons = [apply_step(state, opts, 5.0, True, guard, d, it).reason for it in range(2, 5)]
+        assert guard.skipped == 4 and guard.total == 0
+        if patience is None:  # DATM's code: skip on, the lr untouched
+            assert float(state.lr) == pytest.approx(0.01) and opts["lr"].param_groups[0]["lr"] == lr_of_lr
+            continue
+        assert reasons[-1] == "loss 5.000 above threshold 1.0; 3 in a row: lr backed off to 0.005"
+        assert "backed off" not in reasons[0] and guard.skipped_in_a_row == 0
+        assert float(state.lr) == pytest.approx(0.005) and opts["lr"].param_groups[0]["lr"] == pytest.approx(lr_of_lr / 2)
+        assert not opts["lr"].state  # the momentum that carried the lr up is dropped
+
+
+def test_threshold_stall_warns_when_most_steps_were_skipped():
+    from raydd.distill.stage import threshold_stall
+
+    d = replace(D, loss_threshold=1.0, threshold_patience=None, max_rejected_fraction=0.5)
+    stuck = [{"iteration": i + 1, "applied": i < 61, "lr": 0.333, "skipped": max(0, i - 60)} for i in range(200)]
+    note = threshold_stall(stuck, d)  # the large-IPC DATM run: stuck at lr 0.333 from iteration 62
+    assert note.startswith("139 of 200 steps were skipped above distill.loss_threshold=1 (the last applied at iteration 61")
+    assert "distill.threshold_patience" in note
+    assert "threshold_patience" not in threshold_stall(stuck, replace(d, threshold_patience=5))
+    assert threshold_stall(stuck[:100], d) is None and threshold_stall([], d) is None
+
+
 def test_representative_init_medoids_are_real_images_of_their_class():
     from raydd.distill.init import representatives
 

@@ -75,6 +75,7 @@ def test_config_checks():
 @pytest.mark.parametrize("ipc", [1, 10, 50, 100, 300])
 def test_fmnist_datm_recipes_follow_their_stated_rule(ipc):
     d = compose([f"experiment=fmnist_datm_ipc{ipc}"])["distill"]
-    assert d["window"] == "difficulty" and d["syn_steps"] == 24 and d["expert_epochs"] == 1 and d["soft_labels"]
+    assert d["window"] == "difficulty" and d["syn_steps"] == 24 and d["expert_epochs"] == 1 and not d["soft_labels"]
+    assert d["threshold_patience"] == 5 and d["loss_threshold"] == 1.0
     assert d["batch_syn"] == (50 if ipc == 10 else min(10 * ipc, 100))
     assert d["iterations"] == max(200, 4 * ipc)

@@ -14,12 +14,19 @@ class DivergedError(RayddError, RuntimeError):
 
 @dataclass
 class Guard:
-    """Counts rejected steps; ``patience`` rejections in a row stop the run with a clear message."""
+    """Counts rejected steps; ``patience`` rejections in a row stop the run with a clear message. Also counts the
+    steps DATM's loss threshold skipped (``skipped``, and ``skipped_in_a_row`` since the last loss under it)."""
 
     max_lr: float
     patience: int
     in_a_row: int = 0
     total: int = 0
+    skipped: int = 0
+    skipped_in_a_row: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """What a checkpoint keeps, so a resumed run counts on where it stopped."""
+        return {"rejected": self.total, "skipped": self.skipped, "skipped_in_a_row": self.skipped_in_a_row}
 
     def check(self, loss: float, grads_finite: bool, lr: float | None = None) -> str | None:
         """The reason a step must be rolled back, or None when it is fine."""

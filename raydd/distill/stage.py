@@ -161,6 +161,17 @@ def lr_collapse(history: list[dict[str, Any]], d: DistillSpec) -> str | None:
     return f"the learned lr fell from {d.lr_init:g} to {history[-1]['lr']:.3g}{why}; the set is barely distilled"
 
 
+def threshold_stall(history: list[dict[str, Any]], d: DistillSpec) -> str | None:
+    """What to tell the user when DATM's loss threshold skipped more than ``max_rejected_fraction`` of the steps."""
+    skipped = int(history[-1].get("skipped", 0)) if history else 0
+    if not history or skipped <= d.max_rejected_fraction * len(history):
+        return None
+    last = max((h["iteration"] for h in history if h["applied"]), default=0)
+    return (f"{skipped} of {len(history)} steps were skipped above distill.loss_threshold={d.loss_threshold:g} (the last "
+            f"applied at iteration {last}, lr {history[-1]['lr']:.3g})"
+            + ("" if d.threshold_patience else "; distill.threshold_patience backs the lr off after that many in a row"))
+
+
 def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None = None,
         callbacks: list | None = None, train_name: str | None = None) -> dict[str, Any]:
     """Distil from the expert store at ``store_uri`` (default: the configured one) into ``out`` (default: the
@@ -201,10 +212,11 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
             "experts": store.loc.uri,
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
-    collapse = lr_collapse(history, d)
-    if collapse:
-        meta["warning"] = collapse
-        print(f"warning: {collapse}")
+    warnings = [w for w in (lr_collapse(history, d), threshold_stall(history, d)) if w]
+    if warnings:
+        meta["warning"] = "; ".join(warnings)
+        for w in warnings:
+            print(f"warning: {w}")
     ds = DistilledSet(images, labels, soft, None, lr, zca, meta)
     save_set(ds, loc, spec)
     if history:

@@ -32,11 +32,13 @@ class ShardState:
         """The inner learning rate (detached)."""
         return self.lr_param.detach().exp() if self.log_lr else self.lr_param.detach()
 
+    def set_lr(self, lr: Tensor) -> None:
+        with torch.no_grad():
+            self.lr_param.copy_(lr.log() if self.log_lr else lr)
+
     def bound_lr(self, before: float, factor: float) -> None:
         """Keep the lr within [before / factor, before · factor] (a step that moved it further is cut back)."""
-        with torch.no_grad():
-            lr = self.lr.clamp(before / factor, before * factor)
-            self.lr_param.copy_(lr.log() if self.log_lr else lr)
+        self.set_lr(self.lr.clamp(before / factor, before * factor))
 
     def set_lr_grad(self, lr_grad: Tensor) -> None:
         """Store ∂loss/∂lr as the gradient of the lr parameter (chain rule through the log)."""

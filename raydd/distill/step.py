@@ -92,6 +92,26 @@ def grads_finite(state: ShardState) -> bool:
     return all(leaf.grad is None or bool(torch.isfinite(leaf.grad).all()) for leaf in state.leaves())
 
 
+def skip_above_threshold(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: float, guard: Guard,
+                         d: DistillSpec) -> str:
+    """DATM's skip of a step whose matching loss is above ``distill.loss_threshold``; the reason.
+
+    An lr too high for every segment makes every later loss exceed the threshold, and DATM's code then skips
+    every step to the end. raydd's option ``distill.threshold_patience``: after that many skips in a row, the
+    learned lr and its own learning rate are multiplied by ``distill.lr_backoff`` and the lr's momentum dropped.
+    """
+    guard.skipped += 1
+    guard.skipped_in_a_row += 1
+    reason = f"loss {loss:.3f} above threshold {d.loss_threshold}"
+    if d.threshold_patience is None or guard.skipped_in_a_row < d.threshold_patience:
+        return reason
+    guard.skipped_in_a_row = 0
+    state.set_lr(state.lr * d.lr_backoff)
+    opts["lr"].param_groups[0]["lr"] *= d.lr_backoff
+    opts["lr"].state.clear()
+    return f"{reason}; {d.threshold_patience} in a row: lr backed off to {float(state.lr):.4g}"
+
+
 def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: float, finite: bool, guard: Guard,
                d: DistillSpec, iteration: int) -> StepResult:
     """Step the optimisers unless a guard or DATM's loss threshold says no; roll back a bad lr, bound a big lr step.
@@ -104,7 +124,8 @@ def apply_step(state: ShardState, opts: dict[str, torch.optim.Optimizer], loss: 
     threshold = d.loss_threshold
     if reason is None and threshold is not None and loss > threshold:
         guard.record(None, iteration)
-        return StepResult(loss, False, f"loss {loss:.3f} above threshold {threshold}")
+        return StepResult(loss, False, skip_above_threshold(state, opts, loss, guard, d))
+    guard.skipped_in_a_row = 0
     if reason is not None:
         guard.record(reason, iteration)
         return StepResult(loss, False, reason)

@@ -126,7 +126,8 @@ def train_fn(config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as path:
             state, opts, gen, info = load_shard(Path(path), rank, d, device)
-        guard.total, history = info.get("rejected", 0), info.get("history", [])
+        guard.total, guard.skipped, guard.skipped_in_a_row = (info.get(k, 0) for k in guard.counts())
+        history = info.get("history", [])
     else:
         state = fresh_state(init, shards, d, rank, device)
         opts = make_optimizers(state, d)
@@ -151,12 +152,12 @@ def train_fn(config: dict[str, Any]) -> None:
             step = apply_step(state, opts, loss, finite, guard, d, it)
         except DivergedError as e:  # metrics reach the driver only with a checkpoint
             report_checkpoint({"iteration": it + 1, "diverged": str(e), "rejected": guard.total}, state, opts, gen,
-                              rank, {"rejected": guard.total, "world": world}, keep_local=config["local"])
+                              rank, {**guard.counts(), "world": world}, keep_local=config["local"])
             break
         state.iteration = it + 1
         metrics = {"iteration": state.iteration, "loss": loss, "applied": step.applied, "lr": float(state.lr),
                    "start_epoch": seg.start, "expert": seg.expert, "rejected": guard.total,
-                   "allreduce_mb": (getattr(reduce, "bytes", 0) - sent) / 2**20,
+                   "skipped": guard.skipped, "allreduce_mb": (getattr(reduce, "bytes", 0) - sent) / 2**20,
                    "seconds": time.perf_counter() - tic, "device": str(device), "gpu_mem_mb": gpu_memory_mb(device)}
         if step.reason:
             metrics["skip_reason"] = step.reason
@@ -171,7 +172,7 @@ def train_fn(config: dict[str, Any]) -> None:
             bar.update(1)
         if state.iteration % d.checkpoint_every == 0 or last:
             report_checkpoint(metrics, state, opts, gen, rank,
-                              {"rejected": guard.total, "world": world, **({"history": history} if rank == 0 else {})},
+                              {**guard.counts(), "world": world, **({"history": history} if rank == 0 else {})},
                               keep_local=config["local"])
         elif state.iteration % d.log_every == 0 or "eval_acc" in metrics:
             ray.train.report(metrics)
