@@ -76,10 +76,15 @@ def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
             "start_window": made.get("start_window")}
 
 
+def strongest(got: dict[str, dict | None], kinds: tuple[str, ...]) -> dict | None:
+    """The accuracy with the highest mean among ``kinds`` that have one."""
+    return max((got[k] for k in kinds if got.get(k)), key=lambda a: a["mean"], default=None)
+
+
 def margin(best: dict | None, got: dict[str, dict | None]) -> str:
     """The best distilled set's lead over the stronger baseline, and whether it is more than two standard errors
     of the difference (each mean's standard error from its models' std)."""
-    base = max((got[k] for k in ("random", "ddoq") if got.get(k)), key=lambda a: a["mean"], default=None)
+    base = strongest(got, ("random", "ddoq"))
     if best is None or base is None:
         return "–"
     lead = best["mean"] - base["mean"]
@@ -109,7 +114,7 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
                 r = rows.get(f"{kind}-{ipc}")
                 a = got[kind] = r["accuracy"].get(arch) if r else None
                 cells.append("–" if a is None else f"{a['mean']:.2f} ± {a['std']:.2f} ({r['wall_s']:.0f} s)")
-            best = max((got[k] for k in ("datm", args.other) if got.get(k)), key=lambda a: a["mean"], default=None)
+            best = strongest(got, ("datm", args.other))
             gap = "–" if best is None or f is None else f"{best['mean'] - f['mean']:+.2f}"
             full_cell = "–" if f is None else f"{f['mean']:.2f} ± {f['std']:.2f}"
             lines.append(f"| {ipc} | " + " | ".join(cells) + f" | {full_cell} | {gap} | {margin(best, got)} |")
