@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-RECIPE_KEYS = ("iterations", "syn_steps", "expert_epochs", "batch_syn", "lr_img", "window", "eval_every")
+RECIPE_KEYS = ("iterations", "syn_steps", "expert_epochs", "batch_syn", "lr_img", "lr_init", "window", "eval_every")
 
 
 def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]:
@@ -48,6 +48,7 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
     cfg = compose(recipe)  # the same recipe for another method: its width, experts and distill keys
     d, e = cfg["distill"], cfg["experts"]
     return [f"method={kind}", f"model.width={cfg['model']['width']}", f"experts.num={e['num']}", f"experts.epochs={e['epochs']}",
+            f"experts.lr={e['lr']}",
             *(f"distill.{k}={'null' if d[k] is None else d[k]}" for k in RECIPE_KEYS), *per_ipc]
 
 
@@ -118,6 +119,13 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
             gap = "–" if best is None or f is None else f"{best['mean'] - f['mean']:+.2f}"
             full_cell = "–" if f is None else f"{f['mean']:.2f} ± {f['std']:.2f}"
             lines.append(f"| {ipc} | " + " | ".join(cells) + f" | {full_cell} | {gap} | {margin(best, got)} |")
+        lines.append("")
+    earlier = [r for r in rows.values() if r.get("note")]
+    if earlier:
+        lines += ["## Earlier recipes (ConvNet; kept in the JSON, not rerun)", "", "| row | IPC | accuracy | what it was |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['key']} | {r['ipc']} | {r['accuracy']['convnet']['mean']:.2f} ± {r['accuracy']['convnet']['std']:.2f} "
+                  f"| {r['note']} |" for r in earlier]
         lines.append("")
     return "\n".join(lines)
 

@@ -69,6 +69,8 @@ def test_matching_loss_goes_down(root, method):
     # datm's window is its rule's, not the configured [0, 3): ipc 2 of 143.7 digits per class, 4 epochs → upper
     # 0.445·4 → 2, lower 0.047·4 → 0; the others keep TINY's [0, 2)
     assert ds.meta["start_window"] == [0, 2]
+    assert ds.meta["experts_test_acc"] == pytest.approx(distill_stage.open_store(cfg).final_test_accuracy())
+    assert 0.1 < ds.meta["experts_test_acc"] <= 1.0  # the digits experts learn
 
 
 def test_one_and_two_workers_distil_the_same_set(root):

@@ -70,6 +70,26 @@ def test_round_trip_is_bit_exact(store_loc, dtype):
     assert listing == [shard_name(i) for i in range(3)] + ["manifest.json"]
 
 
+def test_final_test_accuracy_is_the_mean_of_each_experts_last_measured_point(tmp_path):
+    loc = resolve(str(tmp_path))
+    manifest = write_store(loc, experts=2)
+    store = TrajectoryStore.open(loc)
+    assert store.final_test_accuracy() == pytest.approx(0.4)
+    # an expert whose last point went unmeasured counts with its last measured one
+    m = meta()
+    rows = ShardRows(2, [float(e) for e in range(EPOCHS + 1)], list(snapshots(2)), [None] * (EPOCHS + 1),
+                     [None] * (EPOCHS + 1), [0.1, 0.7, None, None, None])
+    add_entry(manifest, write_shard(loc, rows, {**m, "seed": 2}, "float32"))
+    write_manifest(loc, manifest)
+    assert TrajectoryStore.open(loc).final_test_accuracy() == pytest.approx((0.4 + 0.4 + 0.7) / 3)
+    for i in range(3):  # none measured at all
+        rows = ShardRows(i, [float(e) for e in range(EPOCHS + 1)], list(snapshots(i)), [None] * (EPOCHS + 1),
+                         [None] * (EPOCHS + 1), [None] * (EPOCHS + 1))
+        add_entry(manifest, write_shard(loc, rows, {**m, "seed": i}, "float32"))
+    write_manifest(loc, manifest)
+    assert TrajectoryStore.open(loc).final_test_accuracy() is None
+
+
 def test_float_epoch_and_unknown_expert_are_clear_errors(tmp_path):
     loc = resolve(str(tmp_path))
     write_store(loc, experts=1)

@@ -74,7 +74,10 @@ def test_config_checks():
 
 @pytest.mark.parametrize("ipc", [1, 10, 50, 100, 300])
 def test_fmnist_datm_recipes_follow_their_stated_rule(ipc):
-    d = compose([f"experiment=fmnist_datm_ipc{ipc}"])["distill"]
+    cfg = compose([f"experiment=fmnist_datm_ipc{ipc}"])
+    d, e = cfg["distill"], cfg["experts"]
+    # experts that end above random real at the IPC: the authors' lr up to IPC 10, 10x it from IPC 50
+    assert (e["lr"], e["epochs"]) == ((0.01, 8) if ipc <= 10 else (0.1, 12)) and d["lr_init"] == e["lr"]
     assert d["window"] == "difficulty" and d["syn_steps"] == 24 and d["expert_epochs"] == 1 and not d["soft_labels"]
     assert d["threshold_patience"] == 5 and d["loss_threshold"] == 1.0
     assert d["batch_syn"] == (50 if ipc == 10 else min(10 * ipc, 100))

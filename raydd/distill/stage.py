@@ -209,7 +209,7 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
             "workers": cfg["workers"], "iterations": d.iterations, "syn_steps": d.syn_steps,
             "expert_epochs": d.expert_epochs, "start_window": [d.min_start_epoch, d.max_start_epoch],
             "intermediate_targets": len(interior_points(d)),
-            "experts": store.loc.uri,
+            "experts": store.loc.uri, "experts_test_acc": store.final_test_accuracy(),
             "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
     warnings = [w for w in (lr_collapse(history, d), threshold_stall(history, d)) if w]
@@ -222,5 +222,7 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
     if history:
         loc.join("distill_metrics.csv").write_bytes_atomic(pd.DataFrame(history).to_csv(index=False).encode())
     print(f"distilled {cfg['method']['name']} ipc={cfg['ipc']} ({len(ds)} images, lr={lr:.4g}) → {loc.uri} "
-          f"in {meta['wall_s']} s; final loss {meta['final_loss']}")
+          f"in {meta['wall_s']} s; final loss {meta['final_loss']}"
+          + (f"; the experts end at {100 * meta['experts_test_acc']:.2f}% test accuracy (a set seldom gets past "
+             "its experts)" if meta["experts_test_acc"] is not None else ""))
     return {"set": loc.uri, "lr": lr, **meta}

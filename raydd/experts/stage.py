@@ -93,8 +93,6 @@ def train_missing(cfg: dict[str, Any], store: Location, manifest: dict[str, Any]
 
 def summarize(store: Location, manifest: dict[str, Any], results: dict[int, Any], skipped: int, seconds: float) -> dict[str, Any]:
     written = sum(r["entry"]["bytes"] for r in results.values())
-    reader = TrajectoryStore.open(store)
-    final_acc = [reader.metrics(i)["test_acc"][-1] for i in reader.experts]
     return {"store": store.uri, "experts": len(manifest["shards"]), "trained": len(results), "skipped": skipped,
             "epochs": manifest["meta"]["epochs"], "form": manifest["meta"]["form"], "dtype": manifest["meta"]["dtype"],
             "bytes_written": written, "store_bytes": sum(s["bytes"] for s in manifest["shards"]),
@@ -103,7 +101,7 @@ def summarize(store: Location, manifest: dict[str, Any], results: dict[int, Any]
             "cpu_seconds_per_expert": statistics.fmean(r["cpu_seconds"] for r in results.values()) if results else None,
             "peak_rss_mb": max((r["peak_rss_mb"] for r in results.values()), default=None),
             "bytes_read": sum(r["bytes_read"] for r in results.values()),
-            "test_acc_final_mean": statistics.fmean(final_acc) if final_acc else None}
+            "test_acc_final_mean": TrajectoryStore.open(store).final_test_accuracy()}
 
 
 def format_summary(s: dict[str, Any]) -> str:

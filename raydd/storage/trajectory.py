@@ -390,6 +390,12 @@ class TrajectoryStore:
             raise _corrupt(self.shard_uri(expert_id), f"{type(e).__name__}: {e}") from e
         return {c: table.column(c).to_pylist() for c in METRIC_COLUMNS}
 
+    def final_test_accuracy(self) -> float | None:
+        """The experts' mean test accuracy (a fraction) at their last measured point; None when none was measured."""
+        last = [next((a for a in reversed(self.metrics(i)["test_acc"]) if a is not None), None) for i in self.experts]
+        measured = [a for a in last if a is not None]
+        return sum(measured) / len(measured) if measured else None
+
     def read(self, expert_id: int) -> ShardRows:
         """The whole shard, checked against the manifest (size, file sha256) and its params checksum."""
         entry, uri = self._entry(expert_id), self.shard_uri(expert_id)
