@@ -17,11 +17,12 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Make the method's set (or take ``evaluate.set`` as it is), evaluate it and the random-real baseline;
     each stage gets the URI the one before returned."""
     method = cfg["method"]
-    set_uri = cfg["evaluate"].get("set")
+    set_uri, experts_acc = cfg["evaluate"].get("set"), None
     if not set_uri:
         if method["stage"] == "distill":
             store_uri = experts_stage.run(cfg)["store"]  # skips experts already in the store
-            set_uri = distill_stage.run(cfg, store_uri)["set"]
+            made = distill_stage.run(cfg, store_uri)
+            set_uri, experts_acc = made["set"], made.get("experts_test_acc")
         else:
             set_uri = quantize_stage.run(cfg)["set"]
     distilled = evaluate_stage.run(cfg, set_uri)
@@ -34,6 +35,9 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     metrics = resolve(distilled["metrics"], cfg["storage"].get("endpoint_url"))
     metrics.join("pipeline.json").write_bytes_atomic(json.dumps(rows, indent=2).encode())
     print(format_table(rows))
+    weak = weak_experts(experts_acc, cfg["model"]["name"], rows)
+    if weak:
+        print(f"warning: {weak}")
     report_stage.run(cfg)  # the HTML report over storage.root; prints its path
     return rows
 
@@ -43,3 +47,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines += [f"| {r['method']} | {r['ipc']} | {r['model']} | {r['distilled']:.2f} ± {r['distilled_std']:.2f} | "
               f"{r['random']:.2f} ± {r['random_std']:.2f} | {r['distilled'] - r['random']:+.2f} |" for r in rows]
     return "\n".join(lines)
+
+
+def weak_experts(experts_acc: float | None, arch: str, rows: list[dict[str, Any]]) -> str | None:
+    """What to tell the user when the experts (test accuracy ``experts_acc``, a fraction, on ``arch``) end below
+    random real on that architecture: a set matching them is capped near them."""
+    random = next((r["random"] for r in rows if r["model"] == arch), None)
+    if experts_acc is None or random is None or 100 * experts_acc > random:
+        return None
+    return (f"the experts end at {100 * experts_acc:.2f}% test accuracy, under random real's {random:.2f}% at this IPC: "
+            "a set matching them seldom gets past them; train them longer or at a higher experts.lr "
+            "(benchmarks/results/large_ipc.md)")

@@ -32,3 +32,15 @@ def test_pipeline_with_evaluate_set_leaves_that_set_alone(tmp_path, ray_session,
     assert main(argv) == 0, capsys.readouterr().err
     assert checksums(mine) == before
     assert "| ddoq | 2 | convnet |" in capsys.readouterr().out
+
+
+def test_weak_experts_warning_names_both_accuracies():
+    from raydd.pipeline import weak_experts
+
+    rows = [{"model": "convnet", "random": 84.07}, {"model": "resnet18", "random": 90.0}]
+    # the 8-epoch lr-0.01 experts of benchmarks/results/large_ipc.md against random real at IPC 100
+    msg = weak_experts(0.8277, "convnet", rows)
+    assert msg and "82.77%" in msg and "84.07%" in msg and "experts.lr" in msg
+    assert weak_experts(0.8755, "convnet", rows) is None  # the lr-0.1 experts pass it
+    assert weak_experts(None, "convnet", rows) is None  # a set given as evaluate.set: no experts to judge
+    assert weak_experts(0.8277, "vgg11", rows) is None  # not evaluated on the experts' architecture
