@@ -13,6 +13,7 @@ import ray
 from raydd.cli import main
 from raydd.config import STAGES, compose
 from raydd.storage.layout import evaluation_location, set_location
+from stderr_lines import raydd_stderr
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_error_found_inside_a_stage_is_one_line(tmp_path, capsys):
     """``raydd tune`` parses its space inside the stage; a bad key still gives the one-line error and exit 2."""
     argv = ["tune", "dataset=digits", f"storage.root={tmp_path}", "tune.space={distill.no_such_key:{grid:[1,2]}}"]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = raydd_stderr(capsys.readouterr().err)
     assert err.startswith("raydd: error: tune.space") and "no_such_key" in err and err.count("\n") == 1, err
     assert not (tmp_path / "tune").exists()
 
@@ -78,6 +79,6 @@ def test_corrupt_store_found_inside_a_stage_exits_1(tmp_path, capsys):
     store.mkdir(parents=True)
     (store / "manifest.json").write_text("{not json")
     assert main(argv) == 1
-    err = capsys.readouterr().err
+    err = raydd_stderr(capsys.readouterr().err)
     assert err.startswith("raydd: error:") and "manifest" in err and err.count("\n") == 1, err
     assert (store / "manifest.json").read_text() == "{not json"

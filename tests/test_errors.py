@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import s3fs
 from s3_fixtures import BUCKET, ray_session, s3_endpoint  # noqa: F401  (fixtures)
+from stderr_lines import raydd_stderr
 
 from raydd.cli import main
 from raydd.config import compose
@@ -191,6 +192,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, shared, s3_endpoint, tm
     before = checksums(shared, tmp_path)
     code = main([argv[0], *TINY, *root, *argv[1:]])
     out, err = capsys.readouterr()
+    err = raydd_stderr(err)
     assert err.startswith("raydd: error: ") and err.count("\n") == 1, err
     assert text in err, err
     assert "Traceback" not in out + err

@@ -20,6 +20,7 @@ from raydd.export.pixels import from_png, round_trip_error
 from raydd.storage.distilled import DistilledSet, load_set, read_metadata, record_evaluation, save_set, to_pixels
 from raydd.storage.fs import resolve
 from s3_fixtures import BUCKET, s3_endpoint  # noqa: F401  (moto S3 on loopback)
+from stderr_lines import raydd_stderr
 
 DIGITS = {"name": "digits"}
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -203,7 +204,7 @@ def test_export_refuses_bad_options_before_writing(tmp_path, capsys, digits):
              ([f"set={tmp_path / 'set'}", f"out={tmp_path / 'full'}"], "already has content")]
     for args, message in cases:
         assert main(["export", *args]) == 2
-        err = capsys.readouterr().err
+        err = raydd_stderr(capsys.readouterr().err)
         assert err.startswith("raydd: error: ") and message in err and err.count("\n") == 1, err
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"] and not (tmp_path / "a").exists()
     (tmp_path / "empty").mkdir()
