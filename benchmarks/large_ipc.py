@@ -10,8 +10,10 @@ Per IPC: ``random`` (real images), ``ddoq`` (``experiment=fmnist_ddoq``: autoenc
 weights), ``datm`` (``experiment=fmnist_datm_ipc<K>``: its window from method=datm's difficulty rule) and
 ``--other`` (default mct: the same recipe and window rule on MCT's waypoint store); ``full``: the whole training
 set at the same width, trained with DSA for ``--full-epochs``. Every set: ``--models`` fresh networks per
-architecture, 300 epochs, DSA, final accuracy. Rows are kept in the results JSON and skipped on a rerun; after
-each row it writes ``benchmarks/results/large_ipc.{json,md}`` and the accuracy-vs-IPC plot ``large_ipc.png``.
+architecture of ``--archs`` (ResNet-18 and VGG-11 at first-stage width 16, as narrow as the ConvNet), 300 epochs,
+DSA, final accuracy. Rows are kept in the results JSON and skipped on a rerun, except that a kept set missing one of
+``--archs`` is evaluated on it (the full-data row is not: ~hours per architecture on 2 cores); after each row it
+writes ``benchmarks/results/large_ipc.{json,md}`` and the accuracy-vs-IPC plot ``large_ipc.png``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+WIDTH = 16  # every architecture's width: the ConvNet's channels, ResNet-18's / VGG-11's first stage
 RECIPE_KEYS = ("iterations", "syn_steps", "expert_epochs", "batch_syn", "lr_img", "lr_init", "window", "eval_every")
 
 
@@ -34,14 +37,15 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
     from raydd.config import compose
 
     shared = [f"storage.root={args.root}", "seed=0", f"evaluate.num_models={args.models}", *args.smoke,
-              f"evaluate.models=[{','.join(args.archs)}]", f"distill.cpus_per_worker={args.cpus}", "workers=1"]
+              f"evaluate.models=[{','.join(args.archs)}]", f"evaluate.width={WIDTH}",
+              f"distill.cpus_per_worker={args.cpus}", "workers=1"]
     if kind == "full":
-        return ["method=full", "model.width=16", f"evaluate.epochs={args.full_epochs}", "evaluate.dsa=true", *shared]
+        return ["method=full", f"model.width={WIDTH}", f"evaluate.epochs={args.full_epochs}", "evaluate.dsa=true", *shared]
     per_ipc = [f"ipc={ipc}", f"evaluate.epochs={args.eval_epochs}", *shared]
     if kind == "random":
-        return ["method=random", "model.width=16", *per_ipc]
+        return ["method=random", f"model.width={WIDTH}", *per_ipc]
     if kind == "ddoq":
-        return ["experiment=fmnist_ddoq", "model.width=16", *per_ipc]
+        return ["experiment=fmnist_ddoq", f"model.width={WIDTH}", *per_ipc]
     recipe = [f"experiment=fmnist_datm_ipc{ipc}", *per_ipc]
     if kind == "datm":
         return recipe
@@ -77,6 +81,21 @@ def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
             "start_window": made.get("start_window")}
 
 
+def add_archs(row: dict, archs: list[str]) -> dict:
+    """``row`` with its kept set also evaluated on ``archs`` (the set found again from the row's overrides), each
+    with its wall time."""
+    from raydd.config import compose
+    from raydd.evaluate import stage as evaluate
+    from raydd.storage.layout import set_location
+
+    cfg = compose([*row["overrides"], f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}"])
+    tic = time.time()
+    summary = evaluate.run(cfg, set_location(cfg).uri)["summary"]
+    accuracy = {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()}
+    return {**row, "accuracy": {**row["accuracy"], **accuracy},
+            "arch_wall_s": {**row.get("arch_wall_s", {}), ",".join(archs): round(time.time() - tic, 1)}}
+
+
 def strongest(got: dict[str, dict | None], kinds: tuple[str, ...]) -> dict | None:
     """The accuracy with the highest mean among ``kinds`` that have one."""
     return max((got[k] for k in kinds if got.get(k)), key=lambda a: a["mean"], default=None)
@@ -93,10 +112,17 @@ def margin(best: dict | None, got: dict[str, dict | None]) -> str:
     return f"{lead:+.2f} ({'>' if lead > two_se else '≤'} 2 SE = {two_se:.2f})"
 
 
+def wall(row: dict, arch: str) -> str:
+    """`` (N s)``: the row's wall time (making its set and evaluating it on ``--archs``), or that of the later
+    evaluation that added ``arch``."""
+    added = [t for archs, t in row.get("arch_wall_s", {}).items() if arch in archs.split(",")]
+    return f" ({(added or [row['wall_s']])[0]:.0f} s)"
+
+
 def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
     kinds = ["random", "ddoq", "datm", args.other]
     full = rows.get("full-None")
-    commands = dict.fromkeys(r.get("command", args.command) for r in rows.values())
+    commands = dict.fromkeys(c for r in rows.values() for c in (r.get("command", args.command), r.get("arch_command")) if c)
     lines = ["# Large IPC, Fashion-MNIST, ConvNet-3 width 16", "", "Commands (each row keeps its own in the JSON):", "",
              *(f"    {c}" for c in commands), "",
              f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU  ",
@@ -106,7 +132,7 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
              "(experts included the first time a store is trained). best: the better of the trajectory matchers; "
              "2 SE: two standard errors of the difference of means (std over the models).", ""]
     for arch in args.archs:
-        lines += [f"## {arch}", "", "| IPC | " + " | ".join(kinds) + " | full data | best − full | best − max(random, ddoq) |",
+        lines += [f"## {arch}" + ("" if arch == "convnet" else f", width {WIDTH} (full data not run on it)"), "", "| IPC | " + " | ".join(kinds) + " | full data | best − full | best − max(random, ddoq) |",
                   "|---|" + "---|" * (len(kinds) + 3)]
         f = full["accuracy"].get(arch) if full else None
         for ipc in args.ipcs:
@@ -114,7 +140,7 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
             for kind in kinds:
                 r = rows.get(f"{kind}-{ipc}")
                 a = got[kind] = r["accuracy"].get(arch) if r else None
-                cells.append("–" if a is None else f"{a['mean']:.2f} ± {a['std']:.2f} ({r['wall_s']:.0f} s)")
+                cells.append("–" if a is None else f"{a['mean']:.2f} ± {a['std']:.2f}{wall(r, arch)}")
             best = strongest(got, ("datm", args.other))
             gap = "–" if best is None or f is None else f"{best['mean'] - f['mean']:+.2f}"
             full_cell = "–" if f is None else f"{f['mean']:.2f} ± {f['std']:.2f}"
@@ -179,11 +205,15 @@ def main() -> None:
     rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
     kinds = [args.other if k == "other" else k for k in args.kinds]
     for kind, ipc in [("full", None), *((k, i) for i in args.ipcs for k in kinds)]:
-        if f"{kind}-{ipc}" in rows:
+        key = f"{kind}-{ipc}"
+        if key not in rows:
+            rows[key] = {**run_row(args, kind, ipc), "command": args.command}
+        elif kind != "full" and (missing := [a for a in args.archs if a not in rows[key]["accuracy"]]):
+            rows[key] = {**add_archs(rows[key], missing), "arch_command": args.command}
+        else:
             continue
-        rows[f"{kind}-{ipc}"] = {**run_row(args, kind, ipc), "command": args.command}
         save(args, rows)
-        print("large_ipc:", json.dumps(rows[f"{kind}-{ipc}"]), flush=True)
+        print("large_ipc:", json.dumps(rows[key]), flush=True)
     save(args, rows)
 
 

@@ -29,6 +29,7 @@ HEAPS = ("auto", "reuse", "default")
 LR_PARAMS = ("plain", "log")
 WINDOWS = ("fixed", "difficulty")
 BALANCES = ("epoch", "class")
+WIDENED = ("convnet", "resnet18", "vgg11")  # the models that take a width
 INITS = ("real", "correct", "correct_pool", "kmeans", "kmeans_medoid", "mean")
 SOFT_LABEL_INITS = ("correct", "mean")
 PERTURB_MODES = ("filter", "rms")
@@ -87,7 +88,8 @@ class DatasetCfg:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The ``model`` group; ``depth``/``width``/``act``/``pooling`` are the ConvNet's (None: the class's own)."""
+    """The ``model`` group; ``depth``/``act``/``pooling`` are the ConvNet's, ``width`` the ConvNet's channels or
+    ResNet-18's / VGG-11's first-stage channels (None: the class's own: 128, 64, 64)."""
 
     name: str
     norm: str
@@ -104,7 +106,7 @@ class ModelSpec:
     def tag(self) -> str:
         """How store and set names call it: ``convnet3w16`` (``…batch``/``…none`` for other norms), ``resnet18``."""
         if self.name != "convnet":
-            return self.name
+            return self.name if self.width is None else f"{self.name}w{self.width}"
         return f"convnet{self.depth}w{self.width}{'' if self.norm == 'instance' else self.norm}"
 
 
@@ -253,6 +255,7 @@ class EvaluateSpec:
 
     set: str | None
     models: tuple[str, ...]
+    width: int | None
     num_models: int
     epochs: int
     lr: float
@@ -509,6 +512,8 @@ def check_quantize_data(q: QuantizeSpec, channels: int, image_size: int, dataset
 
 def check_evaluate(ev: EvaluateSpec) -> None:
     _dsa_strategy(ev.dsa_strategy, "evaluate.dsa_strategy")
+    if ev.width is not None:
+        _positive_int(ev.width, "evaluate.width")
     if ev.num_models <= 0 or ev.epochs <= 0:
         raise ConfigError("evaluate.num_models and evaluate.epochs must be positive")
     if ev.lr <= 0 or ev.batch_size <= 0:
@@ -577,6 +582,11 @@ def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str
     for name in [spec.model.name, *spec.evaluate.models]:
         if name not in models:
             raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(models)}")
+    widths = [(spec.model.name, spec.model.width, "model.width")]
+    widths += [(name, spec.evaluate.width, "evaluate.width") for name in spec.evaluate.models if name != spec.model.name]
+    for name, width, key in widths:
+        if width is not None and name not in WIDENED:
+            raise ConfigError(f"{key}={width} for {name}, which has one width; widths are for {', '.join(WIDENED)}")
     allowed = {"distill": DISTILL_METHODS, "quantize": QUANTIZE_METHODS,
                "evaluate": DISTILL_METHODS + QUANTIZE_METHODS + BASELINES,
                "pipeline": DISTILL_METHODS + QUANTIZE_METHODS, "tune": DISTILL_METHODS}.get(stage)

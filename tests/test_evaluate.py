@@ -17,6 +17,7 @@ from raydd.evaluate.run import fit, summarize
 from raydd.evaluate.stage import run
 from raydd.models.convnet import ConvNet
 from raydd.specs import LoaderSpec
+from raydd.storage.distilled import read_metadata
 from raydd.storage.fs import resolve
 
 
@@ -104,6 +105,17 @@ def test_evaluate_stage_full_on_digits(tmp_path, ray_session, capsys):
     result = json.loads(next(tmp_path.glob("evals/full-*/eval.json")).read_text())
     assert result["meta"]["set_size"] == 1437 and result["meta"]["ipc"] is None
     assert [r["epochs"] for r in result["models"]] == [1, 1]
+
+
+def test_other_architectures_at_evaluate_width(tmp_path, ray_session):
+    """``evaluate.width`` narrows the architectures other than ``model.name`` (the model keeps its own width), and
+    the recipe in eval.json records each one's width."""
+    cfg = compose(["dataset=digits", "method=random", "ipc=2", "model.width=8", "evaluate.models=[convnet,resnet18,vgg11]",
+                   "evaluate.width=4", "evaluate.epochs=1", "evaluate.num_models=1", f"storage.root={tmp_path}"])
+    result = run(cfg)
+    assert set(result["summary"]) == {"convnet", "resnet18", "vgg11"}
+    recipe = read_metadata(resolve(result["set"]))["evaluation"]["recipe"]
+    assert [(m["name"], m["width"]) for m in recipe["models"]] == [("convnet", 8), ("resnet18", 4), ("vgg11", 4)]
 
 
 def test_full_baseline_trains_on_the_split_as_train_on_set_on_the_whole_set():

@@ -34,3 +34,17 @@ def test_other_norms_and_64px(cls, norm):
 def test_unknown_norm_raises(cls):
     with pytest.raises(ValueError, match="layer"):
         cls(3, 10, 32, norm="layer")
+
+
+@pytest.mark.parametrize("cls,published", [(ResNet18, 11_173_962), (VGG11, 9_231_114)])
+def test_width_scales_every_stage(cls, published):
+    """64 is the published network (ResNet-18's 11.17M parameters at 3×32×32, 10 classes); width w has w / 64 of
+    every conv's channels, so about (w / 64)² of its parameters."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(cls(3, 10, 32)) == count(cls(3, 10, 32, width=64))
+    narrow = cls(1, 10, 28, width=16)
+    convs = [m.out_channels for m in narrow.modules() if isinstance(m, torch.nn.Conv2d)]
+    wide = [m.out_channels for m in cls(1, 10, 28).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c * 4 for c in convs] == wide and max(convs) == 128
+    assert narrow(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert 0.05 < count(cls(3, 10, 32, width=16)) / published < 0.07

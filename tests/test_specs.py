@@ -42,6 +42,7 @@ def test_a_missing_or_unknown_key_is_a_config_error():
 
 def test_model_defaults_come_from_the_config():
     cfg = compose([])
-    assert ModelSpec.from_config(cfg["model"]).tag == "convnet3w16"  # config.yaml's width, not a code default
+    assert ModelSpec.from_config(cfg["model"]).tag == "convnet3w16"  # the group's CPU-sized width, not a code default
     assert ModelSpec.from_config(compose(["model=resnet18"])["model"]).tag == "resnet18"
+    assert ModelSpec.from_config(compose(["model=resnet18", "model.width=16"])["model"]).tag == "resnet18w16"
     assert ModelSpec.from_config({**cfg["model"], "norm": "batch"}).tag == "convnet3w16batch"

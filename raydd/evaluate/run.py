@@ -41,14 +41,15 @@ def recipe(run: RunSpec, ds: DistilledSet) -> dict[str, Any]:
     the architectures, one seed per model, and the test split."""
     ev = run.evaluate
     return {**dataclasses.asdict(train_spec(ev, ds, run.channels_last)), "lr_decay_epoch": max(1, ev.epochs // 2),
-            "models": [dataclasses.asdict(model_spec(run.model, arch)) for arch in ev.models],
+            "models": [dataclasses.asdict(model_spec(run.model, arch, ev.width)) for arch in ev.models],
             "seeds": [run.seed + k for k in range(ev.num_models)],
             "test": f"{run.dataset.name} test split, normalised (and whitened) like the set"}
 
 
-def model_spec(model: ModelSpec, arch: str) -> ModelSpec:
-    """The model group's spec for its own architecture; other architectures keep only its norm."""
-    return model if arch == model.name else ModelSpec(name=arch, norm=model.norm)
+def model_spec(model: ModelSpec, arch: str, width: int | None = None) -> ModelSpec:
+    """The model group's spec for its own architecture; other architectures keep its norm, at ``width``
+    (``evaluate.width``; None: their published width)."""
+    return model if arch == model.name else ModelSpec(name=arch, norm=model.norm, width=width)
 
 
 def fit(model: torch.nn.Module, ds: DistilledSet | FullSet, spec: DatasetSpec, tspec: TrainSpec, seed: int,
@@ -97,7 +98,7 @@ def evaluate_set(ds: DistilledSet | FullSet, run: RunSpec, spec: DatasetSpec, te
     tspec = train_spec(ev, ds, run.channels_last)
     ds_ref, test_ref = ray.put(ds), ray.put(test)
     task = _train_and_test_task.options(num_cpus=ev.resources.cpus, num_gpus=ev.resources.gpus)
-    jobs = [(arch, k, task.remote(model_spec(run.model, arch), spec, ds_ref, test_ref, tspec, run.seed + k))
+    jobs = [(arch, k, task.remote(model_spec(run.model, arch, ev.width), spec, ds_ref, test_ref, tspec, run.seed + k))
             for arch in archs for k in range(num_models)]
     start = time.time()
     accs = ray.get([j for *_, j in jobs])

@@ -31,4 +31,5 @@ def build_model(model: ModelSpec | dict[str, Any], spec: DatasetSpec) -> nn.Modu
         from raydd.models.alexnet import AlexNet as cls
     else:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return cls(spec.channels, spec.num_classes, spec.image_size, norm=norm)
+    shape = {} if m.width is None else {"width": m.width}  # the published width unless told (raydd.specs checks it)
+    return cls(spec.channels, spec.num_classes, spec.image_size, norm=norm, **shape)

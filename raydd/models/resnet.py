@@ -33,21 +33,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """3×3 stem (stride 2 from 64 px up, else 1, no max-pool), 4 stages of 2 blocks, global avg pool, fc."""
+    """3×3 stem (stride 2 from 64 px up, else 1, no max-pool), 4 stages of 2 blocks of ``width`` × (1, 2, 4, 8)
+    channels (64: the published ResNet-18), global avg pool, fc."""
 
-    widths = (64, 128, 256, 512)
-
-    def __init__(self, channels: int, num_classes: int, image_size: int, norm: str = "instance") -> None:
+    def __init__(self, channels: int, num_classes: int, image_size: int, norm: str = "instance",
+                 width: int = 64) -> None:
         super().__init__()
         bias = norm == "none"
-        self.stem = nn.Sequential(_conv3x3(channels, 64, 2 if image_size >= 64 else 1, bias),
-                                  norm_layer(norm, 64), nn.ReLU())
+        self.stem = nn.Sequential(_conv3x3(channels, width, 2 if image_size >= 64 else 1, bias),
+                                  norm_layer(norm, width), nn.ReLU())
         blocks: list[nn.Module] = []
-        in_ch = 64
-        for stage, width in enumerate(self.widths):
+        in_ch = width
+        for stage, out_ch in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if stage == 0 else 2
-            blocks += [BasicBlock(in_ch, width, stride, norm), BasicBlock(width, width, 1, norm)]
-            in_ch = width
+            blocks += [BasicBlock(in_ch, out_ch, stride, norm), BasicBlock(out_ch, out_ch, 1, norm)]
+            in_ch = out_ch
         self.layers = nn.Sequential(*blocks)
         self.classifier = nn.Linear(in_ch, num_classes)
 

@@ -6,13 +6,15 @@ from torch import Tensor, nn
 
 from raydd.models.convnet import norm_layer
 
-VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+VGG11_CONFIG: tuple[int | str, ...] = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")  # conv widths in units of ``width``
 
 
 class VGG11(nn.Module):
-    """conv3×3 → norm → ReLU stacks with 2×2 max-pools (skipped once the map is 1×1), then a linear classifier."""
+    """conv3×3 → norm → ReLU stacks with 2×2 max-pools (skipped once the map is 1×1), then a linear classifier;
+    ``width`` × (1, 2, 4, 4, 8, 8, 8, 8) channels (64: the published VGG-11)."""
 
-    def __init__(self, channels: int, num_classes: int, image_size: int, norm: str = "instance") -> None:
+    def __init__(self, channels: int, num_classes: int, image_size: int, norm: str = "instance",
+                 width: int = 64) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         size, in_ch = image_size, channels
@@ -22,8 +24,9 @@ class VGG11(nn.Module):
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
             else:
-                layers += [nn.Conv2d(in_ch, item, 3, padding=1), norm_layer(norm, item), nn.ReLU()]
-                in_ch = item
+                out = int(item) * width
+                layers += [nn.Conv2d(in_ch, out, 3, padding=1), norm_layer(norm, out), nn.ReLU()]
+                in_ch = out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_ch * size * size, num_classes)
 
