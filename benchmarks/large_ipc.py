@@ -112,6 +112,11 @@ def margin(best: dict | None, got: dict[str, dict | None]) -> str:
     return f"{lead:+.2f} ({'>' if lead > two_se else '≤'} 2 SE = {two_se:.2f})"
 
 
+def measured_ipcs(rows: dict[str, dict]) -> list[int]:
+    """Every IPC the table has a current row of (whichever ``--ipcs`` made them)."""
+    return sorted({r["ipc"] for r in rows.values() if r["ipc"] is not None and not r.get("note")})
+
+
 def wall(row: dict, arch: str) -> str:
     """`` (N s)``: the row's wall time (making its set and evaluating it on ``--archs``), or that of the later
     evaluation that added ``arch``."""
@@ -131,11 +136,11 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
              f"full: the 60k training images, {args.full_epochs} epochs with DSA. Wall time: making the set and evaluating it "
              "(experts included the first time a store is trained). best: the better of the trajectory matchers; "
              "2 SE: two standard errors of the difference of means (std over the models).", ""]
-    for arch in args.archs:
+    for arch in dict.fromkeys(a for r in rows.values() for a in r["accuracy"]):
         lines += [f"## {arch}" + ("" if arch == "convnet" else f", width {WIDTH} (full data not run on it)"), "", "| IPC | " + " | ".join(kinds) + " | full data | best − full | best − max(random, ddoq) |",
                   "|---|" + "---|" * (len(kinds) + 3)]
         f = full["accuracy"].get(arch) if full else None
-        for ipc in args.ipcs:
+        for ipc in measured_ipcs(rows):
             cells, got = [], {}
             for kind in kinds:
                 r = rows.get(f"{kind}-{ipc}")
@@ -162,7 +167,7 @@ def plot(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for kind in ["random", "ddoq", "datm", args.other]:
-        pts = [(ipc, rows[f"{kind}-{ipc}"]["accuracy"]["convnet"]) for ipc in args.ipcs if f"{kind}-{ipc}" in rows]
+        pts = [(ipc, rows[f"{kind}-{ipc}"]["accuracy"]["convnet"]) for ipc in measured_ipcs(rows) if f"{kind}-{ipc}" in rows]
         if pts:
             ax.errorbar([p for p, _ in pts], [a["mean"] for _, a in pts], yerr=[a["std"] for _, a in pts], marker="o", label=kind)
     if "full-None" in rows:

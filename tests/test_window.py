@@ -80,5 +80,6 @@ def test_fmnist_datm_recipes_follow_their_stated_rule(ipc):
     assert (e["lr"], e["epochs"]) == ((0.01, 8) if ipc <= 10 else (0.1, 12)) and d["lr_init"] == e["lr"]
     assert d["window"] == "difficulty" and d["syn_steps"] == 24 and d["expert_epochs"] == 1 and not d["soft_labels"]
     assert d["threshold_patience"] == 5 and d["loss_threshold"] == 1.0
+    assert d["init"] == ("kmeans_medoid" if ipc == 300 else "correct")  # representatives where images move least
     assert d["batch_syn"] == (50 if ipc == 10 else min(10 * ipc, 100))
     assert d["iterations"] == max(200, 4 * ipc)

@@ -17,7 +17,10 @@ class VGG11(nn.Module):
                  width: int = 64) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        size, in_ch = image_size, channels
+        # As the DatasetCondensation code: the first conv of a grayscale (28 px) image pads by 3, so its maps are
+        # 32 px and the last two convs see 2×2 (instance norm of a 1×1 map is zero: the net would output a constant).
+        pad = 3 if channels == 1 else 1
+        size, in_ch = image_size + 2 * (pad - 1), channels
         for item in VGG11_CONFIG:
             if item == "M":
                 if size >= 2:
@@ -25,8 +28,8 @@ class VGG11(nn.Module):
                     size //= 2
             else:
                 out = int(item) * width
-                layers += [nn.Conv2d(in_ch, out, 3, padding=1), norm_layer(norm, out), nn.ReLU()]
-                in_ch = out
+                layers += [nn.Conv2d(in_ch, out, 3, padding=pad), norm_layer(norm, out), nn.ReLU()]
+                in_ch, pad = out, 1
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_ch * size * size, num_classes)
 
