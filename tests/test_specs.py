@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from raydd.config import compose
+from raydd.config import compose, validate
 from raydd.specs import ConfigError, DistillSpec, ModelSpec, RunSpec
 
 GROUPS = ("dataset", "model", "experts", "distill", "quantize", "evaluate", "data", "tune", "storage", "method")
@@ -45,4 +45,6 @@ def test_model_defaults_come_from_the_config():
     assert ModelSpec.from_config(cfg["model"]).tag == "convnet3w16"  # the group's CPU-sized width, not a code default
     assert ModelSpec.from_config(compose(["model=resnet18"])["model"]).tag == "resnet18"
     assert ModelSpec.from_config(compose(["model=resnet18", "model.width=16"])["model"]).tag == "resnet18w16"
+    with pytest.raises(ConfigError, match="model.width=16 for alexnet, which has one width"):
+        validate(compose(["model=alexnet", "model.width=16"]), "evaluate")
     assert ModelSpec.from_config({**cfg["model"], "norm": "batch"}).tag == "convnet3w16batch"
