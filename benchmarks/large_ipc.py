@@ -8,7 +8,8 @@ matcher and the full training set, on ConvNet and (``--archs``) other architectu
 
 Per IPC: ``random`` (real images), ``ddoq`` (``experiment=fmnist_ddoq``: autoencoder latent, medoids, cluster
 weights), ``datm`` (``experiment=fmnist_datm_ipc<K>``: its window from method=datm's difficulty rule) and
-``--other`` (default mct: the same recipe and window rule on MCT's waypoint store); ``full``: the whole training
+``--other`` (default mct: the same recipe and window rule on MCT's waypoint store, and the recipe's start where it
+is not DATM's); ``full``: the whole training
 set at the same width, trained with DSA for ``--full-epochs``. Every set: ``--models`` fresh networks per
 architecture of ``--archs`` (ResNet-18 and VGG-11 at first-stage width 16, as narrow as the ConvNet), 300 epochs,
 DSA, final accuracy. Rows are kept in the results JSON and skipped on a rerun, except that a kept set missing one of
@@ -51,9 +52,10 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
         return recipe
     cfg = compose(recipe)  # the same recipe for another method: its width, experts and distill keys
     d, e = cfg["distill"], cfg["experts"]
+    start = [f"distill.init={d['init']}"] if d["init"] != compose(["method=datm"])["distill"]["init"] else []
     return [f"method={kind}", f"model.width={cfg['model']['width']}", f"experts.num={e['num']}", f"experts.epochs={e['epochs']}",
             f"experts.lr={e['lr']}",
-            *(f"distill.{k}={'null' if d[k] is None else d[k]}" for k in RECIPE_KEYS), *per_ipc]
+            *(f"distill.{k}={'null' if d[k] is None else d[k]}" for k in RECIPE_KEYS), *start, *per_ipc]
 
 
 def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
