@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -110,22 +111,26 @@ def conv_floor(width: int, threads: int) -> dict:
 
 def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     """One plain expert epoch (batch 256, DSA, SGD, NCHW as the experts stage runs it) on ``images``
-    random 3×32×32 images."""
+    random 3×32×32 uint8 images, decoded one batch at a time as the stage does."""
     import torch
 
     from raydd.config import compose
+    from raydd.core.images import ImageData
+    from raydd.data.split import Split
     from raydd.experts.train import train_expert
     from raydd.models.convnet import ConvNet
-    from raydd.specs import ExpertsSpec
+    from raydd.specs import ExpertsSpec, LoaderSpec
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    x = torch.randn(images, 3, 32, 32, device=device)
-    y = torch.randint(10, (images,), device=device)
+    cfg = compose(["experts.epochs=1"])  # the default plain expert: batch 256, DSA
+    loader = LoaderSpec.from_config(cfg["loader"])
+    data = ImageData(torch.randint(256, (images, 3, 32, 32), dtype=torch.uint8), torch.randint(10, (images,)))
+    train, test = Split.in_memory(data, loader), Split.in_memory(data.subset(torch.arange(min(1000, images))), loader)
     net = ConvNet(3, 10, 32, width=width).to(device)
     tic = time.perf_counter()
-    spec = ExpertsSpec.from_config(compose(["experts.epochs=1"])["experts"])  # the default plain expert: batch 256, DSA
-    train_expert(net, x, y, x[:1000], y[:1000], spec, seed=0)
+    train_expert(net, train, test, lambda x: x.to(device).float().div_(127.5).sub_(1.0),
+                 ExpertsSpec.from_config(cfg["experts"]), seed=0)
     if device == "cuda":
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -283,24 +288,22 @@ def main() -> None:
         ap.error(f"--only: unknown points {sorted(unknown)}; choose from {sorted(table)}")
     recorded = json.loads((RESULTS / f"{name}.json").read_text()) if args.only else {"rows": []}
     rows = {r["key"]: r for r in recorded["rows"]}
-    for key, (argv, script) in table.items():
-        if not args.only or key in args.only:
-            rows[key] = in_subprocess(argv, script=script, key=key)
     import torch
 
     machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    command = " ".join(["python", *sys.argv])
     meta = {**recorded.get("meta", {}), "device": args.device, "machine": machine, "threads": args.threads,
             "torch": torch.__version__,
-            "commands": [*recorded.get("meta", {}).get("commands", []), command],
+            "commands": [*recorded.get("meta", {}).get("commands", []), shlex.join(["python", *sys.argv])],
             "setup": f"ConvNet-3 width {args.width} instance norm, IPC 10 × 10 classes of 3×32×32, whole set per inner step, "
                      f"DSA on, ZCA off, {args.iters} timed outer iterations after one warm-up; expert epoch: batch 256, DSA"}
     RESULTS.mkdir(exist_ok=True)
-    ordered = [rows[k] for k in table if k in rows]
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=2))
-    text = render(meta, ordered)
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    for key, (argv, script) in table.items():
+        if not args.only or key in args.only:
+            rows[key] = in_subprocess(argv, script=script, key=key)
+            ordered = [rows[k] for k in table if k in rows]  # saved after every point: a failed one loses only itself
+            (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=2))
+            (RESULTS / f"{name}.md").write_text(render(meta, ordered))
+    print((RESULTS / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

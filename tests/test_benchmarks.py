@@ -1,0 +1,23 @@
+"""The speed benchmark's points run against today's raydd API (each in its own process, tiny sizes): a
+benchmark that no longer runs is found here, not in the middle of a long measurement."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "distill_speed.py"
+TINY = ["--width", "8", "--device", "cpu", "--threads", "1", "--iters", "1"]
+
+
+@pytest.mark.parametrize("point", [["--point", "plain", "3", "nhwc"], ["--point", "constant_memory", "3", "nchw", "--heap"],
+                                   ["--epoch", "--expert-images", "300"]], ids=["plain", "constant_memory", "epoch"])
+def test_speed_points_run(point):
+    out = subprocess.run([sys.executable, str(SPEED), *point, *TINY], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["seconds"] > 0 and row["peak_mb"] > 0
+    if point[0] == "--point":
+        assert row["syn_steps"] == 3 and row["grad_norm"] > 0
