@@ -115,7 +115,7 @@ def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     import torch
 
     from raydd.config import compose
-    from raydd.core.images import ImageData
+    from raydd.core.images import DatasetSpec, ImageData, to_model_space
     from raydd.data.split import Split
     from raydd.experts.train import train_expert
     from raydd.models.convnet import ConvNet
@@ -129,8 +129,9 @@ def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     train, test = Split.in_memory(data, loader), Split.in_memory(data.subset(torch.arange(min(1000, images))), loader)
     net = ConvNet(3, 10, 32, width=width).to(device)
     tic = time.perf_counter()
-    train_expert(net, train, test, lambda x: x.to(device).float().div_(127.5).sub_(1.0),
-                 ExpertsSpec.from_config(cfg["experts"]), seed=0)
+    spec = DatasetSpec("standin", 10, 3, 32, (0.5,) * 3, (0.5,) * 3)
+    train_expert(net, train, test, lambda x: to_model_space(x.to(device), spec), ExpertsSpec.from_config(cfg["experts"]),
+                 seed=0)
     if device == "cuda":
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
