@@ -199,7 +199,7 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--full-epochs", type=int, default=30)
     ap.add_argument("--eval-epochs", type=int, default=300)
-    ap.add_argument("--smoke", nargs="*", default=[], help="extra overrides for every row (smoke runs: fewer experts, iterations)")
+    ap.add_argument("--smoke", nargs="*", default=[], help="extra overrides for every row (smoke runs: fewer experts, iterations; probes)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()

@@ -119,6 +119,7 @@ class ExpertsSpec:
     epochs: int
     lr: float
     lr_decay: float
+    lr_decay_epoch: int | None
     momentum: float
     weight_decay: float
     batch_size: int
@@ -424,6 +425,9 @@ def check_experts(e: ExpertsSpec) -> None:
             raise ConfigError(f"experts.{key} must be positive, got {getattr(e, key)}")
     if e.lr <= 0 or e.lr_decay <= 0:
         raise ConfigError(f"experts.lr and experts.lr_decay must be positive, got {e.lr} and {e.lr_decay}")
+    if e.lr_decay_epoch is not None and not 1 <= e.lr_decay_epoch < e.epochs:
+        raise ConfigError(f"experts.lr_decay_epoch must be in [1, {e.epochs - 1}] for {e.epochs} epochs (or null), "
+                          f"got {e.lr_decay_epoch}")
     if e.clip_epochs < 0 or e.gradient_penalty < 0:
         raise ConfigError(f"experts.clip_epochs and experts.gradient_penalty must be >= 0, "
                           f"got {e.clip_epochs} and {e.gradient_penalty}")

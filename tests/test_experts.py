@@ -24,7 +24,7 @@ from raydd.experts.train import (ExpertRun, clip_loss, clip_scale, epoch_lr, inp
 from raydd.experts.worker import expert_seed
 from raydd.models.functional import flatten_params
 from raydd.models.registry import build_model
-from raydd.specs import ExpertsSpec, LoaderSpec
+from raydd.specs import ConfigError, ExpertsSpec, LoaderSpec, check_experts
 from raydd.storage.layout import experts_location
 from raydd.storage.trajectory import StoreMismatchError, TrajectoryStore
 
@@ -116,6 +116,24 @@ def test_ast_expert_lr_decays_by_0_6_after_half_the_epochs():
     lrs = [epoch_lr(spec, e) for e in range(50)]
     assert lrs[:27] == [0.003] * 27 and lrs[27:] == [pytest.approx(0.0018)] * 23
     assert {epoch_lr(experts_spec(), e) for e in range(6)} == {0.01}
+
+
+def test_lr_decay_epoch_moves_the_decay_and_keeps_older_stores_where_they_were():
+    """``experts.lr_decay_epoch=3``: epochs 0-2 at the lr, 3 on decayed; the key set changes the store's digest,
+    unset it leaves the digest of a store trained before the key existed."""
+    spec = experts_spec("experts.epochs=12", "experts.lr=0.1", "experts.lr_decay=0.1", "experts.lr_decay_epoch=3")
+    assert [epoch_lr(spec, e) for e in range(12)] == [0.1] * 3 + [pytest.approx(0.01)] * 9
+    base = compose(["experts.epochs=12", "experts.lr_decay=0.1"])
+    older = {**base, "experts": {k: v for k, v in base["experts"].items() if k != "lr_decay_epoch"}}
+    assert experts_location(base).uri == experts_location(older).uri
+    assert experts_location(compose(["experts.epochs=12", "experts.lr_decay=0.1", "experts.lr_decay_epoch=3"])).uri \
+        != experts_location(base).uri
+
+
+@pytest.mark.parametrize("epoch", [0, 12])
+def test_lr_decay_epoch_outside_the_run_is_one_error(epoch):
+    with pytest.raises(ConfigError, match=r"experts.lr_decay_epoch must be in \[1, 11\]"):
+        check_experts(experts_spec("experts.epochs=12", f"experts.lr_decay_epoch={epoch}"))
 
 
 def digits_expert(espec: ExpertsSpec, times: int = 1) -> tuple[torch.Tensor, list[ExpertRun]]:

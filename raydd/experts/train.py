@@ -77,8 +77,10 @@ def objective(loss: Tensor, model: nn.Module, images: Tensor, spec: ExpertsSpec,
 
 
 def epoch_lr(spec: ExpertsSpec, epoch: int) -> float:
-    """The lr of (0-based) ``epoch``: ×``lr_decay`` once epoch ``epochs // 2 + 1`` is done (the reference's schedule)."""
-    return spec.lr * (spec.lr_decay if epoch > spec.epochs // 2 + 1 else 1.0)
+    """The lr of (0-based) ``epoch``: ×``lr_decay`` from epoch ``lr_decay_epoch``, by default ``epochs // 2 + 2``
+    (the references' schedule)."""
+    first = spec.epochs // 2 + 2 if spec.lr_decay_epoch is None else spec.lr_decay_epoch
+    return spec.lr * (spec.lr_decay if epoch >= first else 1.0)
 
 
 def epoch_rho(spec: ExpertsSpec, epoch: int) -> float:

@@ -34,9 +34,11 @@ def model_tag(model: dict[str, Any]) -> str:
 def store_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """What determines an expert store's trajectories: expert training, dataset, model, seed and ZCA
     (not where or how fast the experts train, nor where the dataset is read from). ``experts.waypoints``
-    counts only in a waypoints store, so stores of the other forms keep the digests they had before it."""
+    counts only in a waypoints store and ``experts.lr_decay_epoch`` only when set, so stores keep the digests they
+    had before those keys."""
     e = cfg["experts"]
-    skip = (*EXPERTS_ORCHESTRATION_KEYS, *(["waypoints"] if e["form"] != "waypoints" else []))
+    skip = (*EXPERTS_ORCHESTRATION_KEYS, *(["waypoints"] if e["form"] != "waypoints" else []),
+            *(["lr_decay_epoch"] if e.get("lr_decay_epoch") is None else []))
     return {"experts": {k: v for k, v in e.items() if k not in skip},
             "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATA_LOCATION_KEYS},
             "model": cfg["model"], "seed": cfg["seed"], "zca": bool(cfg["zca"]),
