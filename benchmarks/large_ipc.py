@@ -155,7 +155,7 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
         lines.append("")
     earlier = [r for r in rows.values() if r.get("note")]
     if earlier:
-        lines += ["## Earlier recipes (ConvNet; kept in the JSON, not rerun)", "", "| row | IPC | accuracy | what it was |",
+        lines += ["## Earlier recipes and probes (ConvNet; kept in the JSON, not rerun)", "", "| row | IPC | accuracy | what it was |",
                   "|---|---|---|---|"]
         lines += [f"| {r['key']} | {r['ipc']} | {r['accuracy']['convnet']['mean']:.2f} ± {r['accuracy']['convnet']['std']:.2f} "
                   f"| {r['note']} |" for r in earlier]
