@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -53,7 +55,26 @@ def _build(cls: type[S], values: dict[str, Any], group: str, optional: tuple[str
     if missing or unknown:
         raise ConfigError(f"{group}: " + "; ".join([*(["missing " + ", ".join(missing)] if missing else []),
                                                    *(["unknown " + ", ".join(unknown)] if unknown else [])]))
+    for name, hint in typing.get_type_hints(cls).items():
+        _check_type(values.get(name), hint, f"{group}.{name}")
     return cls(**{n: values.get(n) for n in names})
+
+
+SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(value: Any, hint: Any, key: str) -> None:
+    """One ``raydd: error:`` line for a scalar field given the wrong kind of value (an int is a number, a bool
+    is neither); fields of other types are the group checks' business."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    scalars = [a for a in args if a in SCALARS]
+    if not scalars or len(scalars) + (type(None) in args) < len(args) or (value is None and type(None) in args):
+        return
+    ok = any(isinstance(value, bool) if t is bool else
+             isinstance(value, t if t is not float else (int, float)) and not isinstance(value, bool) for t in scalars)
+    if not ok:
+        kinds = " or ".join([SCALARS[t] for t in scalars] + (["null"] if type(None) in args else []))
+        raise ConfigError(f"{key} must be {kinds}, got {value!r}")
 
 
 @dataclass(frozen=True)

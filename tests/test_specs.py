@@ -1,11 +1,12 @@
 """The composed config as typed, frozen specs: one field per key, checks in one place."""
 
 import dataclasses
+import re
 
 import pytest
 
 from raydd.config import compose, validate
-from raydd.specs import ConfigError, DistillSpec, ModelSpec, RunSpec
+from raydd.specs import ConfigError, DistillSpec, ExpertsSpec, ModelSpec, RunSpec
 
 GROUPS = ("dataset", "model", "experts", "distill", "quantize", "evaluate", "data", "tune", "storage", "method")
 
@@ -48,3 +49,14 @@ def test_model_defaults_come_from_the_config():
     with pytest.raises(ConfigError, match="model.width=16 for alexnet, which has one width"):
         validate(compose(["model=alexnet", "model.width=16"]), "evaluate")
     assert ModelSpec.from_config({**cfg["model"], "norm": "batch"}).tag == "convnet3w16batch"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("experts.epochs=abc", "experts.epochs must be an integer, got 'abc'"),
+    ("experts.lr_decay_epoch=3.5", "experts.lr_decay_epoch must be an integer or null, got 3.5"),
+    ("experts.lr=true", "experts.lr must be a number, got True"),
+    ("experts.dsa=1", "experts.dsa must be true or false, got 1"),
+])
+def test_a_scalar_key_of_the_wrong_kind_is_one_error(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExpertsSpec.from_config(compose([override])["experts"])
