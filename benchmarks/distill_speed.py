@@ -8,9 +8,9 @@ Setup, as the issue fixes it: ConvNet-3 width 128 (instance norm), a 10-class 3�
 IPC 10 (100 images, the whole set per inner step), DSA on, ZCA off, one process. The reference
 rows run the authors' own code from a checkout of GeorgeCazenavette/mtt-distillation
 (``benchmarks/reference_mtt.py``) in the same run, as its users run it (glibc's default allocator).
-raydd's rows run as its stages do: the plain unroll with glibc's default, the constant-memory
-unroll and the expert epoch after ``raydd.runtime.reuse_heap()``; one row each shows the other
-allocator. Each point runs in a fresh subprocess so its peak is its own: the process's peak RSS
+raydd's rows run as its stages do: both unrolls on Ray's jemalloc (``distill.heap=auto``), the
+expert epoch after ``raydd.runtime.reuse_heap()``; other rows show glibc's allocator, default
+and kept heap. Each point runs in a fresh subprocess so its peak is its own: the process's peak RSS
 on CPU (everything: Python, torch, data), ``torch.cuda.max_memory_allocated`` on GPU.
 ``--only KEY ...`` re-runs some points into the recorded file.
 Writes ``benchmarks/results/distill_speed[_cuda].{json,md}``.
@@ -138,10 +138,11 @@ def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
     return {"what": "expert epoch", "images": images, "seconds": time.perf_counter() - tic, "peak_mb": peak / 2**20}
 
 
-def in_subprocess(args: list[str], script: Path = Path(__file__), **extra) -> dict:
-    """One point in a fresh process (its own peak memory), without glibc allocator settings from this one."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True, env=env).stdout
+def in_subprocess(args: list[str], script: Path = Path(__file__), env: dict[str, str] | None = None, **extra) -> dict:
+    """One point in a fresh process (its own peak memory), without this one's allocator settings, with ``env``'s."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True,
+                         env={**clean, **(env or {})}).stdout
     row = {**json.loads(out.strip().splitlines()[-1]), **extra}
     print({k: v for k, v in row.items() if k != "profile"}, flush=True)
     return row
@@ -170,12 +171,14 @@ def render(meta: dict, rows: list[dict]) -> str:
     by = {r["key"]: r for r in rows}
     lines = [f"# Distillation speed ({meta['device']})", "", "Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]) + "  ",
              *([f"Note: {meta['note']}  "] if meta.get("note") else []), f"Machine: {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}.  ", f"Setup: {meta['setup']}.", ""]
-    ref, mine, heap = by.get("reference plain 20"), by.get("plain 20"), by.get("plain 20 heap")
-    cm40, plain40 = by.get("constant_memory 40"), by.get("plain 40")
+    ref, mine = by.get("reference plain 20"), by.get("plain 20")
+    cm40, plain40, cm40_heap = by.get("constant_memory 40"), by.get("plain 40"), by.get("constant_memory 40 heap")
     epoch, ref_epoch, epoch_default = by.get("epoch"), by.get("reference epoch"), by.get("epoch default allocator")
     if ref:
         lines += ["| what | raydd | authors' MTT code, same run | raydd / authors' | target |", "|---|---|---|---|---|"]
-        for row, what in ((mine, "plain unroll, syn_steps 20"), (heap, "plain unroll, syn_steps 20, `distill.heap=reuse` (not the default)")):
+        for row, what in ((mine, "plain unroll, syn_steps 20 (default `distill.heap=auto`: Ray's jemalloc)"),
+                          (by.get("plain 20 glibc"), "plain unroll, syn_steps 20, `distill.heap=default` (glibc's malloc)"),
+                          (by.get("plain 20 heap"), "plain unroll, syn_steps 20, `distill.heap=reuse` (glibc's heap kept)")):
             if row:
                 lines.append(f"| {what}: s / outer iteration | {row['seconds']:.2f} | {ref['seconds']:.2f} | "
                              f"{row['seconds'] / ref['seconds']:.2f} | {'≤ 0.5' if row is mine else '–'} |")
@@ -195,6 +198,10 @@ def render(meta: dict, rows: list[dict]) -> str:
         lines.append("")
     cm_default = by.get("constant_memory 40 default allocator")
     if cm40 and plain40:
+        if cm40_heap:
+            lines.append(f"Constant-memory at syn_steps 40 on glibc's kept heap (`distill.heap=reuse`, auto's choice where "
+                         f"Ray has no jemalloc): {cm40_heap['seconds']:.2f} s / outer iteration, {cm40_heap['peak_mb']:.0f} MB peak.")
+            lines.append("")
         lines += ["| raydd, syn_steps 40 | constant-memory | plain | ratio | target |", "|---|---|---|---|---|",
                   f"| s / outer iteration | {cm40['seconds']:.2f} | {plain40['seconds']:.2f} | "
                   f"{cm40['seconds'] / plain40['seconds']:.2f} | ≤ 1.2 |",
@@ -219,29 +226,37 @@ def render(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path]]:
-    """Every point of the run by key: its arguments and script. ``--heap``: as raydd's training tasks and
-    constant-memory workers run (``raydd.runtime.reuse_heap``); without it, glibc's default."""
+def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path, dict[str, str]]]:
+    """Every point of the run by key: its arguments, script and environment. raydd's distill points run as its
+    workers do by default (``distill.heap=auto``: Ray's jemalloc, ``raydd.runtime.jemalloc_env``); ``glibc``
+    points on glibc's default allocator, ``heap`` ones after ``raydd.runtime.reuse_heap`` (``distill.heap=reuse``,
+    and raydd's expert tasks)."""
+    from raydd.runtime import jemalloc_env
+
     common = ["--width", str(args.width), "--device", args.device, "--threads", str(args.threads), "--iters", str(args.iters)]
     here, reference = Path(__file__), HERE / "reference_mtt.py"
     epoch = ["--epoch", *common, "--expert-images", str(args.expert_images)]
     cpu = args.device == "cpu"
+    je = jemalloc_env() if cpu else {}
     table = {
-        "allocation default": (["--allocation"], here), "allocation heap": (["--allocation", "--heap"], here),
-        "reference plain 20": ([str(args.reference), "unroll", "20", str(args.iters), str(args.threads)], reference),
-        "plain 20": (["--point", "plain", "20", "nhwc", *common, *(["--profile"] if args.profile else [])], here),
-        "plain 20 heap": (["--point", "plain", "20", "nhwc", "--heap", *common], here),
-        "conv floor": (["--floor", *common], here),
-        "constant_memory 40": (["--point", "constant_memory", "40", "nhwc", *(["--heap"] if cpu else []), *common], here),
-        "constant_memory 40 default allocator": (["--point", "constant_memory", "40", "nhwc", *common], here),
-        "plain 40": (["--point", "plain", "40", "nhwc", *common], here),
-        "reference epoch": ([str(args.reference), "epoch", str(args.expert_images), str(args.threads)], reference),
-        "epoch": ([*epoch, *(["--heap"] if cpu else [])], here),
-        "epoch default allocator": (epoch, here),
+        "allocation default": (["--allocation"], here, {}), "allocation heap": (["--allocation", "--heap"], here, {}),
+        "allocation jemalloc": (["--allocation"], here, je),
+        "reference plain 20": ([str(args.reference), "unroll", "20", str(args.iters), str(args.threads)], reference, {}),
+        "plain 20": (["--point", "plain", "20", "nhwc", *common, *(["--profile"] if args.profile else [])], here, je),
+        "plain 20 glibc": (["--point", "plain", "20", "nhwc", *common], here, {}),
+        "plain 20 heap": (["--point", "plain", "20", "nhwc", "--heap", *common], here, {}),
+        "conv floor": (["--floor", *common], here, {}),
+        "constant_memory 40": (["--point", "constant_memory", "40", "nhwc", *common], here, je),
+        "constant_memory 40 heap": (["--point", "constant_memory", "40", "nhwc", "--heap", *common], here, {}),
+        "plain 40": (["--point", "plain", "40", "nhwc", *common], here, je),
+        "reference epoch": ([str(args.reference), "epoch", str(args.expert_images), str(args.threads)], reference, {}),
+        "epoch": ([*epoch, *(["--heap"] if cpu else [])], here, {}),
+        "epoch default allocator": (epoch, here, {}),
     }
-    skip = {k for k in table if (not cpu and ("heap" in k or "default" in k or k.startswith(("allocation", "conv"))))
+    skip = {k for k in table if (not cpu and any(w in k for w in ("heap", "glibc", "default", "allocation", "conv")))
             or (args.reference is None and k.startswith("reference"))
-            or (args.skip_expert and "epoch" in k)}
+            or (args.skip_expert and "epoch" in k)
+            or (cpu and not je and (k == "allocation jemalloc"))}
     return {k: v for k, v in table.items() if k not in skip}
 
 
@@ -277,7 +292,10 @@ def main() -> None:
         print(json.dumps(expert_epoch(args.width, args.device, args.threads, args.expert_images)))
         return
     if args.allocation:
-        print(json.dumps({**allocation(), "env": "`reuse_heap()`" if args.heap else "glibc's default"}))
+        from raydd.runtime import allocator
+
+        label = "jemalloc, `jemalloc_env()`" if allocator() == "jemalloc" else "`reuse_heap()`" if args.heap else "glibc's default"
+        print(json.dumps({**allocation(), "env": label}))
         return
     if args.floor:
         print(json.dumps(conv_floor(args.width, args.threads)))
@@ -298,9 +316,9 @@ def main() -> None:
             "setup": f"ConvNet-3 width {args.width} instance norm, IPC 10 × 10 classes of 3×32×32, whole set per inner step, "
                      f"DSA on, ZCA off, {args.iters} timed outer iterations after one warm-up; expert epoch: batch 256, DSA"}
     RESULTS.mkdir(exist_ok=True)
-    for key, (argv, script) in table.items():
+    for key, (argv, script, env) in table.items():
         if not args.only or key in args.only:
-            rows[key] = in_subprocess(argv, script=script, key=key)
+            rows[key] = in_subprocess(argv, script=script, env=env, key=key)
             ordered = [rows[k] for k in table if k in rows]  # saved after every point: a failed one loses only itself
             (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=2))
             (RESULTS / f"{name}.md").write_text(render(meta, ordered))

@@ -27,7 +27,7 @@ EXPERT_DTYPES = ("float32", "float16")
 CLIP_MODES = ("scale", "clip")
 PENALTY_TARGETS = ("input", "params")
 UNROLLS = ("plain", "constant_memory")
-HEAPS = ("auto", "reuse", "default")
+HEAPS = ("auto", "jemalloc", "reuse", "default")
 LR_PARAMS = ("plain", "log")
 WINDOWS = ("fixed", "difficulty")
 BALANCES = ("epoch", "class")
@@ -238,9 +238,15 @@ class DistillSpec:
         return Resources(self.cpus_per_worker, self.gpus_per_worker)
 
     @property
+    def jemalloc(self) -> bool:
+        """Whether the workers start on Ray's jemalloc (``raydd.runtime.jemalloc_env``): ``auto`` too."""
+        return self.heap in ("auto", "jemalloc")
+
+    @property
     def reuse_heap(self) -> bool:
         """Whether a worker keeps large freed blocks on glibc's heap (``raydd.runtime.reuse_heap``): ``auto``
-        for the constant-memory unroll only (its one graph at a time leaves the heap little to fragment)."""
+        for the constant-memory unroll where Ray has no jemalloc (its one graph at a time leaves the heap
+        little to fragment); a no-op on jemalloc."""
         return self.heap == "reuse" or (self.heap == "auto" and self.unroll == "constant_memory")
 
 

@@ -83,7 +83,7 @@ BAD = {
     "bad lr_max_step": (["distill", "distill.lr_max_step=1"], "distill.lr_max_step must be > 1"),
     "bad threshold patience": (["distill", "distill.threshold_patience=0"],
                                "distill.threshold_patience must be a positive integer"),
-    "bad heap": (["distill", "distill.heap=jemalloc"], "unknown distill.heap 'jemalloc'; choose one of auto, reuse, default"),
+    "bad heap": (["distill", "distill.heap=tcmalloc"], "unknown distill.heap 'tcmalloc'; choose one of auto, jemalloc, reuse, default"),
     "bad dsa strategy": (["distill", "distill.dsa_strategy=crop_blur"], "distill.dsa_strategy: unknown DSA transform 'blur'"),
     "bad temperature": (["distill", "distill.temperature=0"], "distill.lr_backoff must lie in (0, 1]"),
     "unknown key": (["evaluate", "evaluate.epoch=3"], "Could not override 'evaluate.epoch'"),

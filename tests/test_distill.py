@@ -15,6 +15,7 @@ from raydd.config import compose
 from raydd.distill import stage as distill_stage
 from raydd.experts import stage as experts_stage
 from raydd.experts.convert import convert_store
+from raydd.runtime import jemalloc_env
 from raydd.storage.distilled import load_set
 from raydd.storage.layout import experts_location, set_location
 
@@ -85,10 +86,12 @@ def test_one_and_two_workers_distil_the_same_set(root):
     torch.testing.assert_close(sets[2].images, sets[1].images, rtol=1e-4, atol=1e-4)
     assert sets[2].lr == pytest.approx(sets[1].lr, rel=1e-4)
     assert sets[2].meta["workers"] == 2
+    # distill.heap=auto: the Train workers start on Ray's jemalloc (LD_PRELOAD through their runtime env)
+    assert sets[1].meta["allocator"] == sets[2].meta["allocator"] == ("jemalloc" if jemalloc_env() else "libc")
 
 
 def test_two_workers_follow_sharding_and_update_every_image(root):
-    cfg = config(root, "method=mtt", "ipc=3", "distill.iterations=4", "workers=2")
+    cfg = config(root, "method=mtt", "ipc=3", "distill.iterations=4", "workers=2", "distill.heap=default")
     before, before_labels, _ = distill_stage.initial_set_for(cfg, distill_stage.open_store(cfg))
     distill_stage.run(cfg)
     after = load_set(set_location(cfg))
@@ -96,6 +99,7 @@ def test_two_workers_follow_sharding_and_update_every_image(root):
     changed = (after.images - before).flatten(1).abs().amax(1) > 0
     assert changed.all(), "every image is owned by some worker and updated"
     assert after.meta["workers"] == 2
+    assert after.meta["allocator"] == "libc"  # distill.heap=default: glibc's malloc
 
 
 def train_worker_pids() -> list[int]:

@@ -29,7 +29,7 @@ from raydd.distill.worker import train_fn
 from raydd.errors import NotFoundError
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
-from raydd.runtime import init_ray, require_gpus
+from raydd.runtime import init_ray, jemalloc_env, require_gpus, require_jemalloc
 from raydd.specs import FLOAT_EPOCH_FORMS, ConfigError, DistillSpec, LoaderSpec, last_start
 from raydd.storage.distilled import DistilledSet, load_set, save_set
 from raydd.storage.fs import Location, check_reachable, resolve
@@ -123,7 +123,8 @@ def trainer_for(cfg: dict[str, Any], store_uri: str, init_ref, test_ref, callbac
                              storage_filesystem=None if isinstance(storage.fs, pafs.LocalFileSystem) else storage.fs,
                              failure_config=FailureConfig(max_failures=d.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[*(callbacks or []), *train_callbacks(cfg)]),
+                             callbacks=[*(callbacks or []), *train_callbacks(cfg)],
+                             worker_runtime_env={"env_vars": jemalloc_env()} if d.jemalloc else None),
     )
 
 
@@ -191,6 +192,8 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
     cfg = with_difficulty_window(cfg, int(store.epochs), len(train) / spec.num_classes)
     d = DistillSpec.from_config(cfg["distill"])
     require_gpus(max(1, cfg["workers"]) * d.gpus_per_worker, "distill.gpus_per_worker × workers")
+    if d.heap == "jemalloc":
+        require_jemalloc("distill.heap")
     zca = store.zca()
     images, labels, soft = initial_set_for(cfg, store, train)
     test_ref = ray.put(fast_eval_test(cfg, spec, zca, d.eval_test_size)) if d.eval_every else None
@@ -210,7 +213,8 @@ def run(cfg: dict[str, Any], store_uri: str | None = None, out: Location | None 
             "expert_epochs": d.expert_epochs, "start_window": [d.min_start_epoch, d.max_start_epoch],
             "intermediate_targets": len(interior_points(d)),
             "experts": store.loc.uri, "experts_test_acc": store.final_test_accuracy(),
-            "rejected_steps": int(history[-1]["rejected"]) if history else 0, "wall_s": round(time.time() - tic, 1),
+            "rejected_steps": int(history[-1]["rejected"]) if history else 0,
+            "allocator": history[-1]["allocator"] if history else None, "wall_s": round(time.time() - tic, 1),
             "final_loss": history[-1]["loss"] if history else None}
     warnings = [w for w in (lr_collapse(history, d), threshold_stall(history, d)) if w]
     if warnings:

@@ -28,7 +28,7 @@ from raydd.distill.step import (apply_step, compute_gradients, grads_finite, seg
 from raydd.distill.unroll import local_sum
 from raydd.models.functional import FlatModel
 from raydd.models.registry import build_model
-from raydd.runtime import reuse_heap
+from raydd.runtime import allocator, reuse_heap
 from raydd.specs import DistillSpec, RunSpec
 from raydd.storage.fs import resolve
 from raydd.storage.trajectory import TrajectoryStore
@@ -114,6 +114,7 @@ def train_fn(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])
     if d.reuse_heap:
         reuse_heap()
+    malloc = allocator()
     store = TrajectoryStore.open(resolve(config["store"], run.storage.endpoint_url))
     net = FlatModel(build_model(run.model, spec).to(device), run.channels_last)
     init = ray.get(config["init"])
@@ -158,7 +159,8 @@ def train_fn(config: dict[str, Any]) -> None:
         metrics = {"iteration": state.iteration, "loss": loss, "applied": step.applied, "lr": float(state.lr),
                    "start_epoch": seg.start, "expert": seg.expert, "rejected": guard.total,
                    "skipped": guard.skipped, "allreduce_mb": (getattr(reduce, "bytes", 0) - sent) / 2**20,
-                   "seconds": time.perf_counter() - tic, "device": str(device), "gpu_mem_mb": gpu_memory_mb(device)}
+                   "seconds": time.perf_counter() - tic, "device": str(device), "gpu_mem_mb": gpu_memory_mb(device),
+                   "allocator": malloc}
         if step.reason:
             metrics["skip_reason"] = step.reason
         last = state.iteration == d.iterations
