@@ -174,6 +174,7 @@ def render(meta: dict, rows: list[dict]) -> str:
     ref, mine = by.get("reference plain 20"), by.get("plain 20")
     cm40, plain40, cm40_heap = by.get("constant_memory 40"), by.get("plain 40"), by.get("constant_memory 40 heap")
     epoch, ref_epoch, epoch_default = by.get("epoch"), by.get("reference epoch"), by.get("epoch default allocator")
+    epoch_je = by.get("epoch jemalloc")
     if ref:
         lines += ["| what | raydd | authors' MTT code, same run | raydd / authors' | target |", "|---|---|---|---|---|"]
         for row, what in ((mine, "plain unroll, syn_steps 20 (default `distill.heap=auto`: Ray's jemalloc)"),
@@ -184,7 +185,8 @@ def render(meta: dict, rows: list[dict]) -> str:
                              f"{row['seconds'] / ref['seconds']:.2f} | {'≤ 0.5' if row is mine else '–'} |")
                 lines.append(f"| {what}: peak memory (MB) | {row['peak_mb']:.0f} | {ref['peak_mb']:.0f} | "
                              f"{row['peak_mb'] / ref['peak_mb']:.2f} | {'≤ 1' if row is mine else '–'} |")
-        for row, what in ((epoch, "heap reuse, as raydd's expert tasks"), (epoch_default, "default allocator")):
+        for row, what in ((epoch, "heap reuse, as raydd's expert tasks"), (epoch_default, "default allocator"),
+                          (epoch_je, "on Ray's jemalloc (`jemalloc_env()`, not the expert tasks' default)")):
             if row and ref_epoch:
                 lines.append(f"| expert epoch on {row['images']:,} images, {what} (s) | {row['seconds']:.0f} | "
                              f"{ref_epoch['seconds']:.0f} | {row['seconds'] / ref_epoch['seconds']:.2f} | "
@@ -252,11 +254,12 @@ def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path, dict[st
         "reference epoch": ([str(args.reference), "epoch", str(args.expert_images), str(args.threads)], reference, {}),
         "epoch": ([*epoch, *(["--heap"] if cpu else [])], here, {}),
         "epoch default allocator": (epoch, here, {}),
+        "epoch jemalloc": (epoch, here, je),
     }
     skip = {k for k in table if (not cpu and any(w in k for w in ("heap", "glibc", "default", "allocation", "conv")))
             or (args.reference is None and k.startswith("reference"))
             or (args.skip_expert and "epoch" in k)
-            or (cpu and not je and (k == "allocation jemalloc"))}
+            or (cpu and not je and k in ("allocation jemalloc", "epoch jemalloc"))}
     return {k: v for k, v in table.items() if k not in skip}
 
 
