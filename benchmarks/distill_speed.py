@@ -239,7 +239,7 @@ def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path, dict[st
     here, reference = Path(__file__), HERE / "reference_mtt.py"
     epoch = ["--epoch", *common, "--expert-images", str(args.expert_images)]
     cpu = args.device == "cpu"
-    je = jemalloc_env() if cpu else {}
+    je = jemalloc_env()
     table = {
         "allocation default": (["--allocation"], here, {}), "allocation heap": (["--allocation", "--heap"], here, {}),
         "allocation jemalloc": (["--allocation"], here, je),
@@ -256,10 +256,10 @@ def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path, dict[st
         "epoch default allocator": (epoch, here, {}),
         "epoch jemalloc": (epoch, here, je),
     }
-    skip = {k for k in table if (not cpu and any(w in k for w in ("heap", "glibc", "default", "allocation", "conv")))
+    skip = {k for k in table if (not cpu and any(w in k for w in ("heap", "glibc", "default", "allocation", "conv", "epoch jemalloc")))
             or (args.reference is None and k.startswith("reference"))
             or (args.skip_expert and "epoch" in k)
-            or (cpu and not je and k in ("allocation jemalloc", "epoch jemalloc"))}
+            or (not je and k in ("allocation jemalloc", "epoch jemalloc"))}
     return {k: v for k, v in table.items() if k not in skip}
 
 

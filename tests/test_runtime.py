@@ -48,25 +48,15 @@ def test_reuse_heap_keeps_a_100_mb_block_on_the_heap():
     assert heap >= 90 * 2**20  # and stays there when freed: the top of the heap is not trimmed
 
 
-@pytest.mark.parametrize("heap, unroll, reuses", [("auto", "plain", False), ("auto", "constant_memory", True),
-                                                  ("reuse", "plain", True), ("default", "constant_memory", False)])
-def test_distill_heap_picks_the_workers_allocator(heap, unroll, reuses):
+@pytest.mark.parametrize("heap, unroll, reuses, jemalloc", [
+    ("auto", "plain", False, True), ("auto", "constant_memory", True, True), ("jemalloc", "plain", False, True),
+    ("reuse", "plain", True, False), ("default", "constant_memory", False, False), ("default", "plain", False, False)])
+def test_distill_heap_picks_the_workers_allocator(heap, unroll, reuses, jemalloc):
     from raydd.config import compose
     from raydd.specs import DistillSpec
 
     d = DistillSpec.from_config(compose([f"distill.heap={heap}", f"distill.unroll={unroll}"])["distill"])
-    assert d.reuse_heap is reuses
-
-
-@pytest.mark.parametrize("heap, unroll, jemalloc", [("auto", "plain", True), ("auto", "constant_memory", True),
-                                                    ("jemalloc", "plain", True), ("reuse", "plain", False),
-                                                    ("default", "plain", False)])
-def test_distill_heap_picks_jemalloc(heap, unroll, jemalloc):
-    from raydd.config import compose
-    from raydd.specs import DistillSpec
-
-    d = DistillSpec.from_config(compose([f"distill.heap={heap}", f"distill.unroll={unroll}"])["distill"])
-    assert d.jemalloc is jemalloc
+    assert d.reuse_heap is reuses and d.jemalloc is jemalloc
 
 
 REFAULTS = """
