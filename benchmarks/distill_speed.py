@@ -12,7 +12,8 @@ raydd's rows run as its stages do: both unrolls on Ray's jemalloc (``distill.hea
 expert epoch after ``raydd.runtime.reuse_heap()``; other rows show glibc's allocator, default
 and kept heap. Each point runs in a fresh subprocess so its peak is its own: the process's peak RSS
 on CPU (everything: Python, torch, data), ``torch.cuda.max_memory_allocated`` on GPU.
-``--only KEY ...`` re-runs some points into the recorded file.
+``--only KEY ...`` re-runs some points into the recorded file; ``--repeat N`` runs them in N alternating
+rounds and records each point's median run (and every run's seconds).
 Writes ``benchmarks/results/distill_speed[_cuda].{json,md}``.
 """
 
@@ -31,11 +32,13 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).parent
+KEPT = (10, 20)  # constant-memory points at syn_steps 40 with the last k steps' graphs kept (distill.kept_graphs)
 
 
 def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, threads: int, profile: bool,
-                 channels_last: bool) -> dict:
-    """Time ``iters`` outer iterations (after one warm-up) of the worker's gradient computation."""
+                 channels_last: bool, kept: int = 0) -> dict:
+    """Time ``iters`` outer iterations (after one warm-up) of the worker's gradient computation (``kept``: the
+    constant-memory unroll's ``distill.kept_graphs``)."""
     import torch
 
     from raydd.config import compose
@@ -55,7 +58,7 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     labels = torch.arange(10).repeat_interleave(10)
     d = DistillSpec.from_config(compose([f"distill.syn_steps={steps}", "distill.batch_syn=null", "distill.lr_param=plain"])["distill"])
     state = new_state(torch.arange(100), torch.randn(100, 3, 32, 32), labels, None, d, torch.device(device))
-    spec = UnrollSpec(keep_graph=unroll == "plain")
+    spec = UnrollSpec(kept_graphs=None if unroll == "plain" else kept)
     gen, shards = torch.Generator().manual_seed(0), ShardMap.of(labels, 1)
 
     def once() -> None:
@@ -73,7 +76,8 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - tic) / iters
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    row = {"what": f"{unroll} unroll" + ("" if channels_last else ", NCHW"), "syn_steps": steps, "seconds": seconds, "peak_mb": peak / 2**20,
+    row = {"what": f"{unroll} unroll" + ("" if channels_last else ", NCHW"), "syn_steps": steps, "kept_graphs": kept,
+           "seconds": seconds, "peak_mb": peak / 2**20,
            "grad_norm": float(state.images.grad.norm())}
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -148,6 +152,12 @@ def in_subprocess(args: list[str], script: Path = Path(__file__), env: dict[str,
     return row
 
 
+def median_row(runs: list[dict]) -> dict:
+    """The run of median time (the lower middle of an even count) with every run's seconds beside it."""
+    row = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+    return {**row, "seconds_runs": [r["seconds"] for r in runs]} if len(runs) > 1 else row
+
+
 def allocation(megabytes: int = 52, rounds: int = 100) -> dict:
     """Milliseconds to allocate and fill a fresh block of ``megabytes`` (the size of a width-128 activation of
     100 images at 32×32), and to fill one already in place."""
@@ -167,6 +177,12 @@ def allocation(megabytes: int = 52, rounds: int = 100) -> dict:
             "fill_ms": 1e3 * (time.perf_counter() - tic) / rounds}
 
 
+def secs(row: dict) -> str:
+    """A row's seconds, with every run's where it is the median of several."""
+    runs = row.get("seconds_runs")
+    return f"{row['seconds']:.2f}" + (f" (runs: {', '.join(f'{r:.1f}' for r in runs)})" if runs else "")
+
+
 def render(meta: dict, rows: list[dict]) -> str:
     by = {r["key"]: r for r in rows}
     lines = [f"# Distillation speed ({meta['device']})", "", "Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]) + "  ",
@@ -181,7 +197,7 @@ def render(meta: dict, rows: list[dict]) -> str:
                           (by.get("plain 20 glibc"), "plain unroll, syn_steps 20, `distill.heap=default` (glibc's malloc)"),
                           (by.get("plain 20 heap"), "plain unroll, syn_steps 20, `distill.heap=reuse` (glibc's heap kept)")):
             if row:
-                lines.append(f"| {what}: s / outer iteration | {row['seconds']:.2f} | {ref['seconds']:.2f} | "
+                lines.append(f"| {what}: s / outer iteration | {secs(row)} | {secs(ref)} | "
                              f"{row['seconds'] / ref['seconds']:.2f} | {'≤ 0.5' if row is mine else '–'} |")
                 lines.append(f"| {what}: peak memory (MB) | {row['peak_mb']:.0f} | {ref['peak_mb']:.0f} | "
                              f"{row['peak_mb'] / ref['peak_mb']:.2f} | {'≤ 1' if row is mine else '–'} |")
@@ -204,14 +220,18 @@ def render(meta: dict, rows: list[dict]) -> str:
             lines.append(f"Constant-memory at syn_steps 40 on glibc's kept heap (`distill.heap=reuse`, auto's choice where "
                          f"Ray has no jemalloc): {cm40_heap['seconds']:.2f} s / outer iteration, {cm40_heap['peak_mb']:.0f} MB peak.")
             lines.append("")
-        lines += ["| raydd, syn_steps 40 | constant-memory | plain | ratio | target |", "|---|---|---|---|---|",
-                  f"| s / outer iteration | {cm40['seconds']:.2f} | {plain40['seconds']:.2f} | "
-                  f"{cm40['seconds'] / plain40['seconds']:.2f} | ≤ 1.2 |",
-                  f"| peak memory (MB) | {cm40['peak_mb']:.0f} | {plain40['peak_mb']:.0f} | "
-                  f"{cm40['peak_mb'] / plain40['peak_mb']:.2f} | – |"]
+        lines += ["| raydd, syn_steps 40 | s / outer iteration (lower median of the runs) | ratio to plain | target | peak MB | ratio to plain |",
+                  "|---|---|---|---|---|---|"]
+        kept = [(by.get(f"constant_memory 40 kept {k}"), f"constant-memory, the last {k} steps' graphs kept "
+                 f"(`distill.kept_graphs={k}`)") for k in KEPT]
+        for row, what in [(plain40, "plain"), (cm40, "constant-memory (`distill.kept_graphs=0`, the default)"), *kept]:
+            if row:
+                lines.append(f"| {what} | {secs(row)} | {row['seconds'] / plain40['seconds']:.2f} | "
+                             f"{'–' if row is plain40 else '≤ 1.2'} | {row['peak_mb']:.0f} | "
+                             f"{row['peak_mb'] / plain40['peak_mb']:.2f} |")
         if cm_default:
-            lines.append(f"| constant-memory with glibc's default allocator (an earlier run): s / outer iteration, peak MB | "
-                         f"{cm_default['seconds']:.2f}, {cm_default['peak_mb']:.0f} | – | – | – |")
+            lines.append(f"| constant-memory with glibc's default allocator (an earlier run) | {cm_default['seconds']:.2f} | – | – | "
+                         f"{cm_default['peak_mb']:.0f} | – |")
         lines.append("")
     allocs = [r for r in rows if r["what"] == "allocation"]
     if allocs:
@@ -251,6 +271,8 @@ def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path, dict[st
         "constant_memory 40": (["--point", "constant_memory", "40", "nhwc", *common], here, je),
         "constant_memory 40 heap": (["--point", "constant_memory", "40", "nhwc", "--heap", *common], here, {}),
         "plain 40": (["--point", "plain", "40", "nhwc", *common], here, je),
+        **{f"constant_memory 40 kept {k}": (["--point", "constant_memory", "40", "nhwc", "--kept", str(k), *common], here, je)
+           for k in KEPT},
         "reference epoch": ([str(args.reference), "epoch", str(args.expert_images), str(args.threads)], reference, {}),
         "epoch": ([*epoch, *(["--heap"] if cpu else [])], here, {}),
         "epoch default allocator": (epoch, here, {}),
@@ -273,12 +295,14 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, help="a checkout of GeorgeCazenavette/mtt-distillation")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--skip-expert", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds over the points; each row keeps its median run")
     ap.add_argument("--only", nargs="+", metavar="KEY", help="run only these points; the others keep their recorded rows")
     ap.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--epoch", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--allocation", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--heap", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kept", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference and not (args.reference / "distill.py").is_file():
         ap.error(f"--reference {args.reference}: not a checkout of GeorgeCazenavette/mtt-distillation (no distill.py)")
@@ -289,7 +313,7 @@ def main() -> None:
     if args.point:
         unroll, steps, layout = args.point
         print(json.dumps(unroll_point(unroll, int(steps), args.width, args.device, args.iters, args.threads,
-                                      args.profile, layout == "nhwc")))
+                                      args.profile, layout == "nhwc", args.kept)))
         return
     if args.epoch:
         print(json.dumps(expert_epoch(args.width, args.device, args.threads, args.expert_images)))
@@ -319,12 +343,15 @@ def main() -> None:
             "setup": f"ConvNet-3 width {args.width} instance norm, IPC 10 × 10 classes of 3×32×32, whole set per inner step, "
                      f"DSA on, ZCA off, {args.iters} timed outer iterations after one warm-up; expert epoch: batch 256, DSA"}
     RESULTS.mkdir(exist_ok=True)
-    for key, (argv, script, env) in table.items():
-        if not args.only or key in args.only:
-            rows[key] = in_subprocess(argv, script=script, env=env, key=key)
-            ordered = [rows[k] for k in table if k in rows]  # saved after every point: a failed one loses only itself
-            (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=2))
-            (RESULTS / f"{name}.md").write_text(render(meta, ordered))
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeat):  # rounds alternate the points, so a slow spell of the machine hits them alike
+        for key, (argv, script, env) in table.items():
+            if not args.only or key in args.only:
+                runs.setdefault(key, []).append(in_subprocess(argv, script=script, env=env, key=key))
+                rows[key] = median_row(runs[key])
+                ordered = [rows[k] for k in table if k in rows]  # saved after every point: a failed one loses only itself
+                (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=2))
+                (RESULTS / f"{name}.md").write_text(render(meta, ordered))
     print((RESULTS / f"{name}.md").read_text())
 
 

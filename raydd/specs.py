@@ -199,6 +199,7 @@ class DistillSpec:
     batch_syn: int | None
     momentum_img: float
     unroll: str
+    kept_graphs: int
     heap: str
     init: str
     soft_labels: bool
@@ -481,6 +482,10 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     """``window``: the start window must fit the experts' epochs (stages that read a store)."""
     _choice(d.unroll, "distill.unroll", UNROLLS)
     _choice(d.heap, "distill.heap", HEAPS)
+    _positive_int(d.kept_graphs, "distill.kept_graphs", allow_zero=True)
+    if d.kept_graphs and d.unroll != "constant_memory":
+        raise ConfigError(f"distill.kept_graphs={d.kept_graphs} applies to distill.unroll=constant_memory "
+                          f"(plain keeps every step's graph); set it to 0 or choose constant_memory")
     _choice(d.init, "distill.init", INITS)
     _choice(d.soft_label_init, "distill.soft_label_init", SOFT_LABEL_INITS)
     _choice(d.perturb_mode, "distill.perturb_mode", PERTURB_MODES)

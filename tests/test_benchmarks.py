@@ -12,7 +12,7 @@ SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "distill_speed.py"
 TINY = ["--width", "8", "--device", "cpu", "--threads", "1", "--iters", "1"]
 
 
-@pytest.mark.parametrize("point", [["--point", "plain", "3", "nhwc"], ["--point", "constant_memory", "3", "nchw", "--heap"],
+@pytest.mark.parametrize("point", [["--point", "plain", "3", "nhwc"], ["--point", "constant_memory", "3", "nchw", "--heap", "--kept", "1"],
                                    ["--epoch", "--expert-images", "300"]], ids=["plain", "constant_memory", "epoch"])
 def test_speed_points_run(point):
     out = subprocess.run([sys.executable, str(SPEED), *point, *TINY], capture_output=True, text=True, timeout=300)
@@ -21,3 +21,4 @@ def test_speed_points_run(point):
     assert row["seconds"] > 0 and row["peak_mb"] > 0
     if point[0] == "--point":
         assert row["syn_steps"] == 3 and row["grad_norm"] > 0
+        assert row["kept_graphs"] == (1 if "--kept" in point else 0)

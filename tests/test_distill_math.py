@@ -57,7 +57,7 @@ def autograd_oracle(net, images, labels, soft, lr, start, targets, spec, steps):
     return loss.detach()
 
 
-def sharded_grads(world: int, rank: int, problem, keep_graph: bool, reduce=None, device: str = "cpu"):
+def sharded_grads(world: int, rank: int, problem, kept: int | None, reduce=None, device: str = "cpu"):
     """This rank's image/soft-label gradients (scattered into whole-set tensors), lr gradient and loss."""
     net, images, labels, soft, start, targets, spec, plan_args = problem
     shards = ShardMap.of(labels, world)
@@ -67,7 +67,7 @@ def sharded_grads(world: int, rank: int, problem, keep_graph: bool, reduce=None,
     s = soft[mine].clone().to(device).requires_grad_(True) if soft is not None else None
     plan = plan_steps(labels, shards, rank, plan_args["syn_steps"], plan_args["batch"], plan_args["balanced"],
                       torch.Generator().manual_seed(1))
-    spec = UnrollSpec(spec.momentum, keep_graph=keep_graph)
+    spec = UnrollSpec(spec.momentum, kept_graphs=kept)
     targets = Targets(targets.start.to(device), targets.steps, [p.to(device) for p in targets.points], targets.weights)
     out = unroll(FlatModel(net.to(device)), x, labels[mine].to(device), s, torch.tensor(0.02, device=device),
                  start.to(device), plan, targets, spec, **({"reduce": reduce} if reduce else {}))
@@ -81,11 +81,11 @@ def sharded_grads(world: int, rank: int, problem, keep_graph: bool, reduce=None,
 
 
 @pytest.mark.parametrize("momentum,balanced,soft", [(0.0, False, False), (0.5, True, True), (0.9, False, True)])
-@pytest.mark.parametrize("keep_graph", [True, False])
-def test_unroll_gradient_equals_autograd_through_the_whole_loop(momentum, balanced, soft, keep_graph):
+@pytest.mark.parametrize("kept", [None, 0, 2], ids=["plain", "constant_memory", "constant_memory-kept2"])
+def test_unroll_gradient_equals_autograd_through_the_whole_loop(momentum, balanced, soft, kept):
     problem = case(momentum, balanced, soft)
     net, images, labels, logits, start, targets, spec, plan_args = problem
-    gx, gs, lr_grad, loss = sharded_grads(1, 0, problem, keep_graph)
+    gx, gs, lr_grad, loss = sharded_grads(1, 0, problem, kept)
     order = torch.argsort(labels, stable=True)  # one worker's shard: the set in class order
     x = images[order].clone().requires_grad_(True)
     s = logits[order].clone().requires_grad_(True) if soft else None
@@ -100,7 +100,7 @@ def test_unroll_gradient_equals_autograd_through_the_whole_loop(momentum, balanc
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
-def _sharded_worker(rank: int, world: int, port: int, keep_graph: bool, backend: str, out: str) -> None:
+def _sharded_worker(rank: int, world: int, port: int, kept: int | None, backend: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -114,7 +114,7 @@ def _sharded_worker(rank: int, world: int, port: int, keep_graph: bool, backend:
         return t
 
     problem = case(0.5, True, True, n=12, batch=8, steps=4)
-    gx, gs, lr_grad, loss = (t.to(device) for t in sharded_grads(world, rank, problem, keep_graph, reduce, device))
+    gx, gs, lr_grad, loss = (t.to(device) for t in sharded_grads(world, rank, problem, kept, reduce, device))
     dist.all_reduce(gx)
     dist.all_reduce(gs)
     if rank == 0:
@@ -122,12 +122,12 @@ def _sharded_worker(rank: int, world: int, port: int, keep_graph: bool, backend:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world,keep_graph,backend", [
-    (2, True, "gloo"), (3, False, "gloo"),
-    pytest.param(2, True, "nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
+@pytest.mark.parametrize("world,kept,backend", [
+    (2, None, "gloo"), (3, 0, "gloo"), (2, 1, "gloo"),
+    pytest.param(2, None, "nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
         torch.cuda.device_count() < 2, reason="NCCL needs a GPU per process: 2 GPUs")]),
 ])
-def test_sharded_unroll_gives_the_one_worker_gradients(tmp_path, world, keep_graph, backend):
+def test_sharded_unroll_gives_the_one_worker_gradients(tmp_path, world, kept, backend):
     """Real all-reduces across processes (gloo on CPU, NCCL on GPUs): N workers compute the 1-worker image,
     soft-label and lr gradients."""
     import socket
@@ -138,9 +138,9 @@ def test_sharded_unroll_gives_the_one_worker_gradients(tmp_path, world, keep_gra
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_sharded_worker, args=(world, port, keep_graph, backend, out), nprocs=world, join=True)
+    mp.spawn(_sharded_worker, args=(world, port, kept, backend, out), nprocs=world, join=True)
     sharded = torch.load(out, weights_only=True)
-    gx, gs, lr_grad, loss = sharded_grads(1, 0, case(0.5, True, True, n=12, batch=8, steps=4), keep_graph)
+    gx, gs, lr_grad, loss = sharded_grads(1, 0, case(0.5, True, True, n=12, batch=8, steps=4), kept)
     assert float(sharded["loss"]) == pytest.approx(float(loss), rel=1e-5)
     for name, ref in [("images", gx), ("soft", gs), ("lr", lr_grad)]:
         assert ref.abs().sum() > 0
@@ -205,8 +205,10 @@ def test_intermediate_targets_pair_epoch_e_with_step_n_over_m_times_e_as_the_ref
 
 def test_temperature_and_dsa_strategy_reach_the_inner_loop():
     d = DistillSpec.from_config(compose(["distill.temperature=2.5", "distill.dsa_strategy=crop_flip",
-                                         "distill.student_momentum=0.9", "distill.unroll=constant_memory"])["distill"])
-    assert unroll_spec(d) == UnrollSpec(momentum=0.9, dsa=True, dsa_strategy="crop_flip", temperature=2.5, keep_graph=False)
+                                         "distill.student_momentum=0.9", "distill.unroll=constant_memory",
+                                         "distill.kept_graphs=3"])["distill"])
+    assert unroll_spec(d) == UnrollSpec(momentum=0.9, dsa=True, dsa_strategy="crop_flip", temperature=2.5, kept_graphs=3)
+    assert unroll_spec(replace(d, unroll="plain", kept_graphs=0)).kept_graphs is None
 
 
 def starts(d: DistillSpec, iteration: int = 0, draws: int = 400) -> set[float]:
@@ -359,10 +361,10 @@ def test_representative_init_medoids_are_real_images_of_their_class():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("keep_graph", [True, False])
-def test_unroll_on_cuda_matches_cpu(keep_graph):
-    cpu = sharded_grads(1, 0, case(0.5, True, True), keep_graph)
-    cuda = sharded_grads(1, 0, case(0.5, True, True), keep_graph, device="cuda")
+@pytest.mark.parametrize("kept", [None, 0])
+def test_unroll_on_cuda_matches_cpu(kept):
+    cpu = sharded_grads(1, 0, case(0.5, True, True), kept)
+    cuda = sharded_grads(1, 0, case(0.5, True, True), kept, device="cuda")
     for ours, ref in zip(cuda, cpu):
         torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
 

@@ -61,9 +61,9 @@ def student_start(expert_start: Tensor, layout, d: DistillSpec, gen: torch.Gener
 
 
 def unroll_spec(d: DistillSpec) -> UnrollSpec:
-    """The inner loop's settings: student momentum, DSA (strategy), soft-label temperature, unroll kind."""
+    """The inner loop's settings: student momentum, DSA (strategy), soft-label temperature, graphs kept."""
     return UnrollSpec(momentum=d.student_momentum, dsa=d.dsa, dsa_strategy=d.dsa_strategy, temperature=d.temperature,
-                      keep_graph=d.unroll == "plain")
+                      kept_graphs=None if d.unroll == "plain" else d.kept_graphs)
 
 
 def compute_gradients(state: ShardState, shards: ShardMap, labels: Tensor, rank: int, net: FlatModel, start: Tensor,

@@ -11,10 +11,12 @@ pulls the adjoint of θ through each step with one vector-Jacobian product, all-
     backward  ā_v = μ·ā_v' − lr·ā_θ;  ∂L/∂lr −= ⟨ā_θ, v_i⟩;
               ā_θ += reduce(ā_vᵀ ∂g_mine/∂θ);  ∂L/∂X_mine += ā_vᵀ ∂g_mine/∂X_mine
 
-``keep_graph=True`` (``distill.unroll=plain``) keeps every step's double-backward graph from
-the forward pass, as the reference code does; ``False`` (``constant_memory``, TESLA-style)
-keeps only the N parameter vectors and recomputes one step's graph at a time in the
-backward pass: the same gradient, one step's graph in memory.
+``kept_graphs=None`` (``distill.unroll=plain``) keeps every step's double-backward graph from
+the forward pass, as the reference code does; ``0`` (``constant_memory``, TESLA-style) keeps
+only the N parameter vectors and recomputes one step's graph at a time in the backward pass:
+the same gradient, one step's graph in memory, one more forward and backward per step;
+``k`` keeps the last k steps' graphs and recomputes the others: memory and time in between,
+growing with k and not with N.
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ class UnrollSpec:
     dsa: bool = True
     dsa_strategy: str | None = None
     temperature: float = 1.0       # soft-label temperature
-    keep_graph: bool = True        # plain (keep each step's graph) or constant-memory (recompute it)
+    kept_graphs: int | None = None  # steps (the last ones) whose graph the forward keeps: None all (plain), 0 none
+
+    def keeps(self, step: int, steps: int) -> bool:
+        """Whether step ``step`` of ``steps`` keeps its graph from the forward pass instead of recomputing it."""
+        return self.kept_graphs is None or step >= steps - self.kept_graphs
 
 
 @dataclass
@@ -96,9 +102,9 @@ def unroll(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, 
     lr = lr.detach()
     learn = [images, *([soft] if soft is not None else [])]
     thetas, vels, graphs = [start.detach()], [torch.zeros_like(start)], []
-    for step in plan:
+    for i, step in enumerate(plan):
         theta = thetas[-1].detach().requires_grad_(True)
-        if spec.keep_graph:
+        if spec.keeps(i, len(plan)):
             mine = local_grad(net, theta, images, labels, soft, step, spec, create_graph=True)
             graphs.append((theta, mine))
         else:
@@ -116,7 +122,7 @@ def unroll(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, 
     for i in range(len(plan) - 1, -1, -1):
         adj_v = adj_vel - lr * adj_theta                     # adjoint of v_{i+1}
         lr_grad = lr_grad - (adj_theta * vels[i + 1]).sum()
-        if spec.keep_graph:
+        if spec.keeps(i, len(plan)):
             theta, mine = graphs.pop()
         else:
             theta = thetas[i].detach().requires_grad_(True)
