@@ -39,6 +39,18 @@ def test_orchestration_keeps_the_same_store_and_set(override):
     assert where("method=ddoq", override)[1] == where("method=ddoq")[1]
 
 
+def test_how_the_unroll_keeps_its_graphs_keeps_the_same_set():
+    cm = ("distill.unroll=constant_memory",)
+    assert where(*cm, "distill.kept_graphs=4") == where(*cm)
+
+
+def test_existing_sets_keep_their_names():
+    """Pinned digests of the default store and set: a new config key that does not change what a stage
+    writes belongs to the *_ORCHESTRATION_KEYS, or every set made before it would no longer be found."""
+    store, set_ = where()
+    assert (store.rsplit("-", 1)[1], set_.rsplit("-", 1)[1]) == ("26199b7c", "b1635cda")
+
+
 def test_names_are_readable_and_stable():
     store, set_ = where()
     assert store.startswith("/tmp/raydd-layout/experts/digits-convnet3w16-plain-") and len(store.rsplit("-", 1)[1]) == 8

@@ -18,7 +18,7 @@ from raydd.storage.fs import Location, resolve
 EXPERTS_ORCHESTRATION_KEYS = ("num", "cpus_per_expert", "gpus_per_expert", "max_retries", "store")
 DATA_LOCATION_KEYS = ("root", "endpoint_url")
 DISTILL_ORCHESTRATION_KEYS = ("cpus_per_worker", "gpus_per_worker", "checkpoint_every", "max_failures", "log_every",
-                              "eval_every", "eval_epochs", "eval_test_size", "heap")
+                              "eval_every", "eval_epochs", "eval_test_size", "heap", "kept_graphs")
 QUANTIZE_ORCHESTRATION_KEYS = ("classes_per_task", "cpus_per_task", "gpus_per_task")
 EVALUATE_ORCHESTRATION_KEYS = ("set", "cpus_per_model", "gpus_per_model")
 
