@@ -129,7 +129,7 @@ def wall(row: dict, arch: str) -> str:
 def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
     kinds = ["random", "ddoq", "datm", args.other]
     full = rows.get("full-None")
-    commands = dict.fromkeys(c for r in rows.values() for c in (r.get("command", args.command), r.get("arch_command")) if c)
+    commands = dict.fromkeys(c for r in rows.values() for c in (r.get("command", args.command), *arch_commands(r)))
     lines = ["# Large IPC, Fashion-MNIST, ConvNet-3 width 16", "", "Commands (each row keeps its own in the JSON):", "",
              *(f"    {c}" for c in commands), "",
              f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU  ",
@@ -161,6 +161,12 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
                   f"| {r['note']} |" for r in earlier]
         lines.append("")
     return "\n".join(lines)
+
+
+def arch_commands(row: dict) -> list[str]:
+    """The commands that evaluated a kept set on more architectures, oldest first (``arch_command``: one, as
+    rows before the list kept it)."""
+    return row.get("arch_commands", [row["arch_command"]] if "arch_command" in row else [])
 
 
 def plot(args: argparse.Namespace, rows: dict[str, dict]) -> None:
@@ -216,7 +222,7 @@ def main() -> None:
         if key not in rows:
             rows[key] = {**run_row(args, kind, ipc), "command": args.command}
         elif kind != "full" and (missing := [a for a in args.archs if a not in rows[key]["accuracy"]]):
-            rows[key] = {**add_archs(rows[key], missing), "arch_command": args.command}
+            rows[key] = {**add_archs(rows[key], missing), "arch_commands": [*arch_commands(rows[key]), args.command]}
         else:
             continue
         save(args, rows)
