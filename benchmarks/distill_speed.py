@@ -44,8 +44,8 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     from raydd.config import compose
     from raydd.distill.sharding import ShardMap
     from raydd.distill.state import new_state
-    from raydd.distill.step import compute_gradients
-    from raydd.distill.unroll import Targets, UnrollSpec
+    from raydd.distill.step import compute_gradients, unroll_spec
+    from raydd.distill.unroll import Targets
     from raydd.models.convnet import ConvNet
     from raydd.models.functional import FlatModel, flatten_params
     from raydd.specs import DistillSpec
@@ -56,9 +56,10 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     fm, start = FlatModel(net, channels_last), flatten_params(net).to(device)
     target = start + 0.01 * torch.randn_like(start)
     labels = torch.arange(10).repeat_interleave(10)
-    d = DistillSpec.from_config(compose([f"distill.syn_steps={steps}", "distill.batch_syn=null", "distill.lr_param=plain"])["distill"])
+    d = DistillSpec.from_config(compose([f"distill.syn_steps={steps}", "distill.batch_syn=null", "distill.lr_param=plain",
+                                         f"distill.unroll={unroll}", f"distill.kept_graphs={kept}"])["distill"])
     state = new_state(torch.arange(100), torch.randn(100, 3, 32, 32), labels, None, d, torch.device(device))
-    spec = UnrollSpec(kept_graphs=None if unroll == "plain" else kept)
+    spec = unroll_spec(d)
     gen, shards = torch.Generator().manual_seed(0), ShardMap.of(labels, 1)
 
     def once() -> None:
