@@ -1,7 +1,7 @@
 """Seconds per outer iteration and peak memory of the unroll, and one expert epoch, side by side with the authors' MTT code.
 
     .venv/bin/python benchmarks/distill_speed.py --reference /path/to/mtt-distillation            # the recorded run
-    .venv/bin/python benchmarks/distill_speed.py --reference /path/to/mtt-distillation --profile  # + the operator profile
+    .venv/bin/python benchmarks/distill_speed.py --reference /path/to/mtt-distillation --only 'plain 20 profile'  # the operator profile
     .venv/bin/python benchmarks/distill_speed.py --device cuda                                    # on a GPU (records its name)
 
 Setup, as the issue fixes it: ConvNet-3 width 128 (instance norm), a 10-class 3×32×32 stand-in,
@@ -91,19 +91,24 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     return row
 
 
-def conv_floor(width: int, threads: int) -> dict:
-    """The convolutions' share of a plain 20-step outer iteration as a floor: their FLOPs (forward, backward and
-    double backward, counted by ``FlopCounterMode`` over one iteration) at the rate this machine reaches on the
-    iteration's largest convolution (100×128×16×16, 3×3, forward and backward)."""
-    import torch
-    import torch.nn.functional as F
+def conv_gflop(unroll: str, steps: int, width: int, threads: int, kept: int = 0) -> float:
+    """GFLOP of the convolutions (forward, backward, double backward) in one outer iteration, by ``FlopCounterMode``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    torch.set_num_threads(threads)
     counter = FlopCounterMode(display=False)
     with counter:  # the warm-up and one timed iteration
-        unroll_point("plain", 20, width, "cpu", 1, threads, False, True)
-    flops = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "conv" in str(op)) / 2
+        unroll_point(unroll, steps, width, "cpu", 1, threads, False, True, kept)
+    return sum(v for op, v in counter.get_flop_counts()["Global"].items() if "conv" in str(op)) / 2 / 1e9
+
+
+def conv_floor(width: int, threads: int) -> dict:
+    """The convolutions' share of a plain 20-step outer iteration as a floor: their FLOPs at the rate this machine
+    reaches on the iteration's largest convolution (100×128×16×16, 3×3, forward and backward)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    gflop = conv_gflop("plain", 20, width, threads)
     x = torch.randn(100, width, 16, 16, requires_grad=True).contiguous(memory_format=torch.channels_last)
     w = torch.randn(width, width, 3, 3, requires_grad=True)
     F.conv2d(x, w, padding=1).sum().backward()
@@ -111,7 +116,18 @@ def conv_floor(width: int, threads: int) -> dict:
     for _ in range(reps):
         F.conv2d(x, w, padding=1).sum().backward()
     rate = reps * 3 * 2 * 100 * 16 * 16 * width * width * 9 / (time.perf_counter() - tic)  # forward + 2 backward convs
-    return {"what": "conv floor", "conv_gflop": flops / 1e9, "gflops_per_s": rate / 1e9, "floor_s": flops / rate}
+    return {"what": "conv floor", "conv_gflop": gflop, "gflops_per_s": rate / 1e9, "floor_s": gflop * 1e9 / rate}
+
+
+def conv_counts(width: int, threads: int) -> dict:
+    """The convolutions' GFLOP of one outer iteration at syn_steps 40: plain, constant-memory and each kept budget.
+    Their ratio to plain is the floor of the time ratio where convolutions dominate."""
+    import torch
+
+    torch.set_num_threads(threads)
+    counts = {"plain": conv_gflop("plain", 40, width, threads),
+              **{str(k): conv_gflop("constant_memory", 40, width, threads, k) for k in (0, *KEPT)}}
+    return {"what": "conv counts", "syn_steps": 40, "gflop": counts}
 
 
 def expert_epoch(width: int, device: str, threads: int, images: int) -> dict:
@@ -155,8 +171,10 @@ def in_subprocess(args: list[str], script: Path = Path(__file__), env: dict[str,
 
 def median_row(runs: list[dict]) -> dict:
     """The run of median time (the lower middle of an even count) with every run's seconds beside it."""
+    if len(runs) == 1:
+        return runs[0]
     row = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
-    return {**row, "seconds_runs": [r["seconds"] for r in runs]} if len(runs) > 1 else row
+    return {**row, "seconds_runs": [r["seconds"] for r in runs]}
 
 
 def allocation(megabytes: int = 52, rounds: int = 100) -> dict:
@@ -215,24 +233,23 @@ def render(meta: dict, rows: list[dict]) -> str:
                       f"this machine reaches on the iteration's largest convolution they take {floor['floor_s']:.1f} s, "
                       f"{floor['floor_s'] / ref['seconds']:.2f}× the authors' whole iteration."]
         lines.append("")
-    cm_default = by.get("constant_memory 40 default allocator")
     if cm40 and plain40:
         if cm40_heap:
             lines.append(f"Constant-memory at syn_steps 40 on glibc's kept heap (`distill.heap=reuse`, auto's choice where "
                          f"Ray has no jemalloc): {cm40_heap['seconds']:.2f} s / outer iteration, {cm40_heap['peak_mb']:.0f} MB peak.")
             lines.append("")
-        lines += ["| raydd, syn_steps 40 | s / outer iteration (lower median of the runs) | ratio to plain | target | peak MB | ratio to plain |",
-                  "|---|---|---|---|---|---|"]
-        kept = [(by.get(f"constant_memory 40 kept {k}"), f"constant-memory, the last {k} steps' graphs kept "
+        counts = by.get("conv counts 40", {}).get("gflop")
+        lines += ["| raydd, syn_steps 40 | s / outer iteration (lower median of the runs) | ratio to plain | target | peak MB | "
+                  "ratio to plain | convolutions' GFLOP: ratio to plain |", "|---|---|---|---|---|---|---|"]
+        kept = [(by.get(f"constant_memory 40 kept {k}"), str(k), f"constant-memory, the last {k} steps' graphs kept "
                  f"(`distill.kept_graphs={k}`)") for k in KEPT]
-        for row, what in [(plain40, "plain"), (cm40, "constant-memory (`distill.kept_graphs=0`, the default)"), *kept]:
+        for row, count, what in [(plain40, "plain", "plain"), (cm40, "0", "constant-memory (`distill.kept_graphs=0`, the default)"),
+                                 *kept]:
             if row:
+                flops = f"{counts[count]:.0f}: {counts[count] / counts['plain']:.2f}" if counts else "–"
                 lines.append(f"| {what} | {secs(row)} | {row['seconds'] / plain40['seconds']:.2f} | "
                              f"{'–' if row is plain40 else '≤ 1.2'} | {row['peak_mb']:.0f} | "
-                             f"{row['peak_mb'] / plain40['peak_mb']:.2f} |")
-        if cm_default:
-            lines.append(f"| constant-memory with glibc's default allocator (an earlier run) | {cm_default['seconds']:.2f} | – | – | "
-                         f"{cm_default['peak_mb']:.0f} | – |")
+                             f"{row['peak_mb'] / plain40['peak_mb']:.2f} | {flops} |")
         lines.append("")
     allocs = [r for r in rows if r["what"] == "allocation"]
     if allocs:
@@ -242,7 +259,7 @@ def render(meta: dict, rows: list[dict]) -> str:
         lines.append("")
     for r in rows:
         if r.get("profile"):
-            lines += [f"## Profile: {r['key']} (one outer iteration, self CPU time)", "",
+            lines += [f"## Profile: {r['what']}, syn_steps {r['syn_steps']} (one outer iteration, self CPU time)", "",
                       "| operator | self s | share | calls |", "|---|---|---|---|"]
             lines += [f"| `{p['op']}` | {p['self_s']:.2f} | {100 * p['share']:.1f}% | {p['calls']} |" for p in r["profile"]]
             lines.append("")
@@ -265,10 +282,12 @@ def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path, dict[st
         "allocation default": (["--allocation"], here, {}), "allocation heap": (["--allocation", "--heap"], here, {}),
         "allocation jemalloc": (["--allocation"], here, je),
         "reference plain 20": ([str(args.reference), "unroll", "20", str(args.iters), str(args.threads)], reference, {}),
-        "plain 20": (["--point", "plain", "20", "nhwc", *common, *(["--profile"] if args.profile else [])], here, je),
+        "plain 20": (["--point", "plain", "20", "nhwc", *common], here, je),
+        "plain 20 profile": (["--point", "plain", "20", "nhwc", "--profile", *common], here, je),
         "plain 20 glibc": (["--point", "plain", "20", "nhwc", *common], here, {}),
         "plain 20 heap": (["--point", "plain", "20", "nhwc", "--heap", *common], here, {}),
         "conv floor": (["--floor", *common], here, {}),
+        "conv counts 40": (["--conv-counts", *common], here, {}),
         "constant_memory 40": (["--point", "constant_memory", "40", "nhwc", *common], here, je),
         "constant_memory 40 heap": (["--point", "constant_memory", "40", "nhwc", "--heap", *common], here, {}),
         "plain 40": (["--point", "plain", "40", "nhwc", *common], here, je),
@@ -294,7 +313,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--expert-images", type=int, default=60000)
     ap.add_argument("--reference", type=Path, help="a checkout of GeorgeCazenavette/mtt-distillation")
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skip-expert", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="rounds over the points; each row keeps its median run")
     ap.add_argument("--only", nargs="+", metavar="KEY", help="run only these points; the others keep their recorded rows")
@@ -302,6 +321,7 @@ def main() -> None:
     ap.add_argument("--epoch", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--allocation", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--conv-counts", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--heap", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kept", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -328,6 +348,9 @@ def main() -> None:
     if args.floor:
         print(json.dumps(conv_floor(args.width, args.threads)))
         return
+    if args.conv_counts:
+        print(json.dumps(conv_counts(args.width, args.threads)))
+        return
     name = "distill_speed" if args.device == "cpu" else f"distill_speed_{args.device}"
     table = points(args)
     unknown = set(args.only or ()) - set(table)
@@ -340,7 +363,7 @@ def main() -> None:
     machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     meta = {**recorded.get("meta", {}), "device": args.device, "machine": machine, "threads": args.threads,
             "torch": torch.__version__,
-            "commands": [*recorded.get("meta", {}).get("commands", []), shlex.join(["python", *sys.argv])],
+            "commands": list(dict.fromkeys([*recorded.get("meta", {}).get("commands", []), shlex.join(["python", *sys.argv])])),
             "setup": f"ConvNet-3 width {args.width} instance norm, IPC 10 × 10 classes of 3×32×32, whole set per inner step, "
                      f"DSA on, ZCA off, {args.iters} timed outer iterations after one warm-up; expert epoch: batch 256, DSA"}
     RESULTS.mkdir(exist_ok=True)

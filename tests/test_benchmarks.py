@@ -12,6 +12,13 @@ SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "distill_speed.py"
 TINY = ["--width", "8", "--device", "cpu", "--threads", "1", "--iters", "1"]
 
 
+def test_conv_counts_fall_with_each_kept_graph():
+    out = subprocess.run([sys.executable, str(SPEED), "--conv-counts", *TINY], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    gflop = json.loads(out.stdout.strip().splitlines()[-1])["gflop"]
+    assert gflop["plain"] < gflop["20"] < gflop["10"] < gflop["0"] < 1.5 * gflop["plain"]
+
+
 @pytest.mark.parametrize("point", [["--point", "plain", "3", "nhwc"], ["--point", "constant_memory", "3", "nchw", "--heap", "--kept", "1"],
                                    ["--epoch", "--expert-images", "300"]], ids=["plain", "constant_memory", "epoch"])
 def test_speed_points_run(point):

@@ -14,7 +14,7 @@ pulls the adjoint of θ through each step with one vector-Jacobian product, all-
 ``kept_graphs=None`` (``distill.unroll=plain``) keeps every step's double-backward graph from
 the forward pass, as the reference code does; ``0`` (``constant_memory``, TESLA-style) keeps
 only the N parameter vectors and recomputes one step's graph at a time in the backward pass:
-the same gradient, one step's graph in memory, one more forward and backward per step;
+the same gradient bit for bit, one step's graph in memory, one more forward and backward per step;
 ``k`` keeps the last k steps' graphs and recomputes the others: memory and time in between,
 growing with k and not with N.
 """
@@ -71,8 +71,14 @@ class UnrollResult:
 
 
 def local_grad(net: FlatModel, theta: Tensor, images: Tensor, labels: Tensor, soft: Tensor | None, step: InnerStep,
-               spec: UnrollSpec, create_graph: bool) -> Tensor:
-    """∇θ of this worker's share of the step's loss: its images' weighted per-sample losses, summed."""
+               spec: UnrollSpec) -> Tensor:
+    """∇θ of this worker's share of the step's loss (its images' weighted per-sample losses, summed), with its graph.
+
+    The graph is always built, also where the caller drops it at once: autograd then takes the same
+    (double-differentiable) kernels in every pass, so a recomputed step is bit for bit the step the
+    forward pass took, and on CPU channels-last that path is the faster one (group norm's first-order
+    kernel is slower there: ``benchmarks/results/distill_speed.md``).
+    """
     if step.rows.numel() == 0:
         return torch.zeros_like(theta)
     x = images[step.rows]
@@ -80,7 +86,7 @@ def local_grad(net: FlatModel, theta: Tensor, images: Tensor, labels: Tensor, so
         x = dsa(x, step.seed, rows=step.positions, total=step.size,
                 **({"strategy": spec.dsa_strategy} if spec.dsa_strategy else {}))
     per = per_sample_loss(net(theta, x), labels[step.rows], None if soft is None else soft[step.rows], spec.temperature)
-    (grad,) = torch.autograd.grad((per * step.weights.to(per.device)).sum(), theta, create_graph=create_graph)
+    (grad,) = torch.autograd.grad((per * step.weights.to(per.device)).sum(), theta, create_graph=True)
     return grad
 
 
@@ -105,11 +111,11 @@ def unroll(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, 
     for i, step in enumerate(plan):
         theta = thetas[-1].detach().requires_grad_(True)
         if spec.keeps(i, len(plan)):
-            mine = local_grad(net, theta, images, labels, soft, step, spec, create_graph=True)
+            mine = local_grad(net, theta, images, labels, soft, step, spec)
             graphs.append((theta, mine))
         else:
-            mine = local_grad(net, theta, images.detach(), labels, None if soft is None else soft.detach(), step, spec,
-                              create_graph=False)
+            mine = local_grad(net, theta, images.detach(), labels, None if soft is None else soft.detach(), step,
+                              spec).detach()
         grad = reduce(mine.detach().clone())
         vel = spec.momentum * vels[-1] + grad if spec.momentum else grad
         thetas.append(thetas[-1] - lr * vel)
@@ -126,7 +132,7 @@ def unroll(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, 
             theta, mine = graphs.pop()
         else:
             theta = thetas[i].detach().requires_grad_(True)
-            mine = local_grad(net, theta, images, labels, soft, plan[i], spec, create_graph=True)
+            mine = local_grad(net, theta, images, labels, soft, plan[i], spec)
         outs = torch.autograd.grad(mine, [theta, *learn], grad_outputs=adj_v, allow_unused=True) \
             if mine.requires_grad else [None] * (1 + len(learn))
         hvp = outs[0] if outs[0] is not None else torch.zeros_like(start)
