@@ -121,7 +121,7 @@ def conv_floor(width: int, threads: int) -> dict:
 
 def conv_counts(width: int, threads: int) -> dict:
     """The convolutions' GFLOP of one outer iteration at syn_steps 40: plain, constant-memory and each kept budget.
-    Their ratio to plain is the floor of the time ratio where convolutions dominate."""
+    Their ratio to plain is the time ratio's limit where convolutions dominate the time."""
     import torch
 
     torch.set_num_threads(threads)
