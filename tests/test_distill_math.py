@@ -57,7 +57,8 @@ def autograd_oracle(net, images, labels, soft, lr, start, targets, spec, steps):
     return loss.detach()
 
 
-def sharded_grads(world: int, rank: int, problem, kept: int | None, reduce=None, device: str = "cpu"):
+def sharded_grads(world: int, rank: int, problem, kept: int | None, reduce=None, device: str = "cpu",
+                  channels_last: bool = False):
     """This rank's image/soft-label gradients (scattered into whole-set tensors), lr gradient and loss."""
     net, images, labels, soft, start, targets, spec, plan_args = problem
     shards = ShardMap.of(labels, world)
@@ -69,7 +70,7 @@ def sharded_grads(world: int, rank: int, problem, kept: int | None, reduce=None,
                       torch.Generator().manual_seed(1))
     spec = UnrollSpec(spec.momentum, kept_graphs=kept)
     targets = Targets(targets.start.to(device), targets.steps, [p.to(device) for p in targets.points], targets.weights)
-    out = unroll(FlatModel(net.to(device)), x, labels[mine].to(device), s, torch.tensor(0.02, device=device),
+    out = unroll(FlatModel(net.to(device), channels_last), x, labels[mine].to(device), s, torch.tensor(0.02, device=device),
                  start.to(device), plan, targets, spec, **({"reduce": reduce} if reduce else {}))
     gx = torch.zeros_like(images)
     gx[mine] = x.grad.cpu()
@@ -100,11 +101,13 @@ def test_unroll_gradient_equals_autograd_through_the_whole_loop(momentum, balanc
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("kept", [0, 2], ids=["constant_memory", "constant_memory-kept2"])
-def test_recomputed_steps_give_the_plain_unroll_gradient_bit_for_bit(kept):
+def test_recomputed_steps_give_the_plain_unroll_gradient_bit_for_bit(kept, channels_last):
     """The forward pass and the recomputation take the same kernels, so recomputing changes no bit."""
     problem = case(0.5, True, True)
-    for ours, plain in zip(sharded_grads(1, 0, problem, kept), sharded_grads(1, 0, problem, None)):
+    for ours, plain in zip(sharded_grads(1, 0, problem, kept, channels_last=channels_last),
+                           sharded_grads(1, 0, problem, None, channels_last=channels_last)):
         assert torch.equal(ours, plain)
 
 
