@@ -13,8 +13,9 @@ is not DATM's); ``full``: the whole training
 set at the same width, trained with DSA for ``--full-epochs``. Every set: ``--models`` fresh networks per
 architecture of ``--archs`` (ResNet-18 and VGG-11 at first-stage width 16, as narrow as the ConvNet), 300 epochs,
 DSA, final accuracy. Rows are kept in the results JSON and skipped on a rerun, except that a kept set missing one of
-``--archs`` is evaluated on it (the full-data row is not: ~hours per architecture on 2 cores); after each row it
-writes ``benchmarks/results/large_ipc.{json,md}`` and the accuracy-vs-IPC plot ``large_ipc.png``.
+``--archs`` is evaluated on it (the full-data row is not: ~hours per architecture on 2 cores); ``--eval-lr LR``
+instead evaluates the kept sets on ``--archs`` at evaluation lr LR (the learned lr of a set tuned on the ConvNet
+need not suit another architecture); after each row it writes ``benchmarks/results/large_ipc.{json,md}`` and the accuracy-vs-IPC plot ``large_ipc.png``.
 """
 
 from __future__ import annotations
@@ -83,19 +84,33 @@ def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
             "start_window": made.get("start_window")}
 
 
-def add_archs(row: dict, archs: list[str]) -> dict:
-    """``row`` with its kept set also evaluated on ``archs`` (the set found again from the row's overrides), each
-    with its wall time."""
+def evaluate_kept(row: dict, archs: list[str], extra: tuple[str, ...] = ()) -> tuple[dict, float]:
+    """The kept set of ``row`` (found again from the row's overrides) evaluated on ``archs`` under ``extra``
+    overrides: the accuracy per architecture and the wall seconds."""
     from raydd.config import compose
     from raydd.evaluate import stage as evaluate
     from raydd.storage.layout import set_location
 
-    cfg = compose([*row["overrides"], f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}"])
+    cfg = compose([*row["overrides"], f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}", *extra])
     tic = time.time()
     summary = evaluate.run(cfg, set_location(cfg).uri)["summary"]
-    accuracy = {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()}
+    return {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()}, round(time.time() - tic, 1)
+
+
+def add_archs(row: dict, archs: list[str]) -> dict:
+    """``row`` with its kept set also evaluated on ``archs``, each with its wall time."""
+    accuracy, seconds = evaluate_kept(row, archs)
     return {**row, "accuracy": {**row["accuracy"], **accuracy},
-            "arch_wall_s": {**row.get("arch_wall_s", {}), ",".join(archs): round(time.time() - tic, 1)}}
+            "arch_wall_s": {**row.get("arch_wall_s", {}), ",".join(archs): seconds}}
+
+
+def add_fixed_lr(row: dict, archs: list[str], lr: float, command: str) -> dict:
+    """``row`` with its kept set also evaluated on ``archs`` at evaluation lr ``lr`` instead of the set's learned lr
+    (``row["at_lr"][lr][arch]``: the accuracy, wall time and command)."""
+    accuracy, seconds = evaluate_kept(row, archs, ("evaluate.use_set_lr=false", f"evaluate.lr={lr}"))
+    at = row.get("at_lr", {})
+    done = {arch: {**a, "wall_s": seconds, "command": command} for arch, a in accuracy.items()}
+    return {**row, "at_lr": {**at, f"{lr:g}": {**at.get(f"{lr:g}", {}), **done}}}
 
 
 def strongest(got: dict[str, dict | None], kinds: tuple[str, ...]) -> dict | None:
@@ -126,10 +141,18 @@ def wall(row: dict, arch: str) -> str:
     return f" ({(added or [row['wall_s']])[0]:.0f} s)"
 
 
+def learned(row: dict, arch: str) -> str:
+    """The row's learned lr and its accuracy on ``arch`` at that lr (``–`` where it has neither)."""
+    a = row["accuracy"].get(arch)
+    lr = "–" if row.get("learned_lr") is None else f"{row['learned_lr']:.3f}"
+    return f"{lr}: " + ("–" if a is None else f"{a['mean']:.2f} ± {a['std']:.2f}")
+
+
 def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
     kinds = ["random", "ddoq", "datm", args.other]
     full = rows.get("full-None")
-    commands = dict.fromkeys(c for r in rows.values() for c in (r.get("command", args.command), *arch_commands(r)))
+    commands = dict.fromkeys(c for r in rows.values() for c in (r.get("command", args.command), *arch_commands(r),
+                                                                 *(a["command"] for per in r.get("at_lr", {}).values() for a in per.values())))
     lines = ["# Large IPC, Fashion-MNIST, ConvNet-3 width 16", "", "Commands (each row keeps its own in the JSON):", "",
              *(f"    {c}" for c in commands), "",
              f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU  ",
@@ -152,6 +175,13 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
             gap = "–" if best is None or f is None else f"{best['mean'] - f['mean']:+.2f}"
             full_cell = "–" if f is None else f"{f['mean']:.2f} ± {f['std']:.2f}"
             lines.append(f"| {ipc} | " + " | ".join(cells) + f" | {full_cell} | {gap} | {margin(best, got)} |")
+        lines.append("")
+    fixed = [(r, lr, arch, a) for r in rows.values() for lr, per in r.get("at_lr", {}).items() for arch, a in per.items()]
+    if fixed:
+        lines += ["## At a fixed evaluation lr (`evaluate.use_set_lr=false evaluate.lr=<lr>`), beside the set's learned lr", "",
+                  "| row | architecture | learned lr: accuracy | evaluation lr | accuracy |", "|---|---|---|---|---|"]
+        lines += [f"| {r['key']} | {arch} | {learned(r, arch)} | {lr} | {a['mean']:.2f} ± {a['std']:.2f} ({a['wall_s']:.0f} s) |"
+                  for r, lr, arch, a in fixed]
         lines.append("")
     earlier = [r for r in rows.values() if r.get("note")]
     if earlier:
@@ -208,6 +238,8 @@ def main() -> None:
     ap.add_argument("--smoke", nargs="*", default=[], help="extra overrides for every row (smoke runs: fewer experts, iterations; probes)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--eval-lr", type=float, default=None,
+                    help="evaluate the kept sets of --kinds/--ipcs on --archs at this lr instead of their learned lr")
     args = ap.parse_args()
     args.command = "RAY_AUTH_MODE=disabled .venv/bin/python " + " ".join(["benchmarks/large_ipc.py", *sys.argv[1:]])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -219,7 +251,12 @@ def main() -> None:
     kinds = [args.other if k == "other" else k for k in args.kinds]
     for kind, ipc in [("full", None), *((k, i) for i in args.ipcs for k in kinds)]:
         key = f"{kind}-{ipc}"
-        if key not in rows:
+        if args.eval_lr is not None:
+            done = rows.get(key, {}).get("at_lr", {}).get(f"{args.eval_lr:g}", {})
+            if kind == "full" or key not in rows or not (missing := [a for a in args.archs if a not in done]):
+                continue
+            rows[key] = add_fixed_lr(rows[key], missing, args.eval_lr, args.command)
+        elif key not in rows:
             rows[key] = {**run_row(args, kind, ipc), "command": args.command}
         elif kind != "full" and (missing := [a for a in args.archs if a not in rows[key]["accuracy"]]):
             rows[key] = {**add_archs(rows[key], missing), "arch_commands": [*arch_commands(rows[key]), args.command]}
