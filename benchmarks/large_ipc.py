@@ -85,15 +85,18 @@ def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
 
 
 def evaluate_kept(row: dict, archs: list[str], extra: tuple[str, ...] = ()) -> tuple[dict, float]:
-    """The kept set of ``row`` (found again from the row's overrides) evaluated on ``archs`` under ``extra``
-    overrides: the accuracy per architecture and the wall seconds."""
+    """The kept set of ``row`` (found again from the row's overrides; a random row's real images drawn again by its
+    seed where they are not on disk) evaluated on ``archs`` under ``extra`` overrides: the accuracy per architecture
+    and the wall seconds."""
     from raydd.config import compose
     from raydd.evaluate import stage as evaluate
     from raydd.storage.layout import set_location
 
     cfg = compose([*row["overrides"], f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}", *extra])
     tic = time.time()
-    summary = evaluate.run(cfg, set_location(cfg).uri)["summary"]
+    loc = set_location(cfg)
+    drawn = row["kind"] == "random" and not loc.join("set.parquet").exists()
+    summary = evaluate.run(cfg, None if drawn else loc.uri)["summary"]
     return {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()}, round(time.time() - tic, 1)
 
 
