@@ -33,6 +33,8 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).parent
 KEPT = (10, 20)  # constant-memory points at syn_steps 40 with the last k steps' graphs kept (distill.kept_graphs)
+BASELINES = {"reference plain 20": ("plain 20", "plain 20 glibc", "plain 20 heap"),
+             "plain 40": ("constant_memory 40", *(f"constant_memory 40 kept {k}" for k in KEPT))}
 
 
 def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, threads: int, profile: bool,
@@ -177,6 +179,17 @@ def median_row(runs: list[dict]) -> dict:
     return {**row, "seconds_runs": [r["seconds"] for r in runs]}
 
 
+def paired(rows: dict[str, dict], runs: dict[str, list[dict]]) -> None:
+    """Give each row of this run the row it is compared with where that was measured in the same run
+    (``baseline``: the authors' plain 20 for raydd's, plain 40 for the constant-memory rows), so a row kept from
+    an earlier run stays compared with the baseline of its own run."""
+    for base, followers in BASELINES.items():
+        if base in runs:
+            for key in (k for k in followers if k in runs):
+                rows[key] = {**rows[key], "baseline": {k: rows[base][k] for k in ("seconds", "seconds_runs", "peak_mb")
+                                                       if k in rows[base]}}
+
+
 def allocation(megabytes: int = 52, rounds: int = 100) -> dict:
     """Milliseconds to allocate and fill a fresh block of ``megabytes`` (the size of a width-128 activation of
     100 images at 32×32), and to fill one already in place."""
@@ -216,10 +229,11 @@ def render(meta: dict, rows: list[dict]) -> str:
                           (by.get("plain 20 glibc"), "plain unroll, syn_steps 20, `distill.heap=default` (glibc's malloc)"),
                           (by.get("plain 20 heap"), "plain unroll, syn_steps 20, `distill.heap=reuse` (glibc's heap kept)")):
             if row:
-                lines.append(f"| {what}: s / outer iteration | {secs(row)} | {secs(ref)} | "
-                             f"{row['seconds'] / ref['seconds']:.2f} | {'≤ 0.5' if row is mine else '–'} |")
-                lines.append(f"| {what}: peak memory (MB) | {row['peak_mb']:.0f} | {ref['peak_mb']:.0f} | "
-                             f"{row['peak_mb'] / ref['peak_mb']:.2f} | {'≤ 1' if row is mine else '–'} |")
+                base = row.get("baseline", ref)
+                lines.append(f"| {what}: s / outer iteration | {secs(row)} | {secs(base)} | "
+                             f"{row['seconds'] / base['seconds']:.2f} | {'≤ 0.5' if row is mine else '–'} |")
+                lines.append(f"| {what}: peak memory (MB) | {row['peak_mb']:.0f} | {base['peak_mb']:.0f} | "
+                             f"{row['peak_mb'] / base['peak_mb']:.2f} | {'≤ 1' if row is mine else '–'} |")
         for row, what in ((epoch, "heap reuse, as raydd's expert tasks"), (epoch_default, "default allocator"),
                           (epoch_je, "on Ray's jemalloc (`jemalloc_env()`, not the expert tasks' default)")):
             if row and ref_epoch:
@@ -239,17 +253,18 @@ def render(meta: dict, rows: list[dict]) -> str:
                          f"Ray has no jemalloc): {cm40_heap['seconds']:.2f} s / outer iteration, {cm40_heap['peak_mb']:.0f} MB peak.")
             lines.append("")
         counts = by.get("conv counts 40", {}).get("gflop")
-        lines += ["| raydd, syn_steps 40 | s / outer iteration (lower median of the runs) | ratio to plain | target | peak MB | "
-                  "ratio to plain | convolutions' GFLOP: ratio to plain |", "|---|---|---|---|---|---|---|"]
+        lines += ["| raydd, syn_steps 40 | s / outer iteration (lower median of the runs) | ratio to plain (of its run) | target | "
+                  "peak MB | ratio to plain | convolutions' GFLOP: ratio to plain |", "|---|---|---|---|---|---|---|"]
         kept = [(by.get(f"constant_memory 40 kept {k}"), str(k), f"constant-memory, the last {k} steps' graphs kept "
                  f"(`distill.kept_graphs={k}`)") for k in KEPT]
         for row, count, what in [(plain40, "plain", "plain"), (cm40, "0", "constant-memory (`distill.kept_graphs=0`, the default)"),
                                  *kept]:
             if row:
+                base = row.get("baseline", plain40)
                 flops = f"{counts[count]:.0f}: {counts[count] / counts['plain']:.2f}" if counts else "–"
-                lines.append(f"| {what} | {secs(row)} | {row['seconds'] / plain40['seconds']:.2f} | "
+                lines.append(f"| {what} | {secs(row)} | {row['seconds'] / base['seconds']:.2f} | "
                              f"{'–' if row is plain40 else '≤ 1.2'} | {row['peak_mb']:.0f} | "
-                             f"{row['peak_mb'] / plain40['peak_mb']:.2f} | {flops} |")
+                             f"{row['peak_mb'] / base['peak_mb']:.2f} | {flops} |")
         lines.append("")
     allocs = [r for r in rows if r["what"] == "allocation"]
     if allocs:
@@ -373,6 +388,7 @@ def main() -> None:
             if not args.only or key in args.only:
                 runs.setdefault(key, []).append(in_subprocess(argv, script=script, env=env, key=key))
                 rows[key] = median_row(runs[key])
+                paired(rows, runs)
                 ordered = [rows[k] for k in table if k in rows]  # saved after every point: a failed one loses only itself
                 (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=2))
                 (RESULTS / f"{name}.md").write_text(render(meta, ordered))

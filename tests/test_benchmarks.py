@@ -29,3 +29,20 @@ def test_speed_points_run(point):
     if point[0] == "--point":
         assert row["syn_steps"] == 3 and row["grad_norm"] > 0
         assert row["kept_graphs"] == (1 if "--kept" in point else 0)
+
+
+def test_a_kept_row_stays_compared_with_the_baseline_of_its_own_run(monkeypatch):
+    monkeypatch.syspath_prepend(str(SPEED.parent))
+    import distill_speed
+
+    rows = {"reference plain 20": {"what": "reference plain unroll", "seconds": 20.0, "peak_mb": 100.0},
+            "plain 20": {"what": "plain unroll", "seconds": 10.0, "peak_mb": 90.0},
+            "plain 20 glibc": {"what": "plain unroll", "seconds": 27.0, "peak_mb": 100.0,
+                               "baseline": {"seconds": 30.0, "peak_mb": 100.0}}}
+    distill_speed.paired(rows, {"reference plain 20": [rows["reference plain 20"]], "plain 20": [rows["plain 20"]]})
+    assert rows["plain 20"]["baseline"] == {"seconds": 20.0, "peak_mb": 100.0}
+    assert rows["plain 20 glibc"]["baseline"]["seconds"] == 30.0  # measured in an earlier run: its own authors' time
+    meta = {"device": "cpu", "commands": [], "machine": "x", "threads": 2, "torch": "t", "setup": "s"}
+    lines = distill_speed.render(meta, [{**r, "key": k} for k, r in rows.items()]).splitlines()
+    assert any("(default `distill.heap=auto`" in line and "| 10.00 | 20.00 | 0.50 | ≤ 0.5 |" in line for line in lines)
+    assert any("(glibc's malloc): s / outer" in line and "| 27.00 | 30.00 | 0.90 | – |" in line for line in lines)
