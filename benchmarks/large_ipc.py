@@ -59,6 +59,11 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
             *(f"distill.{k}={'null' if d[k] is None else d[k]}" for k in RECIPE_KEYS), *start, *per_ipc]
 
 
+def accuracy_of(summary: dict[str, dict]) -> dict[str, dict]:
+    """Mean, std and model count per architecture from an evaluation's summary."""
+    return {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()}
+
+
 def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
     """Make the row's set through raydd's stages (experts → distill, or quantize) and evaluate it."""
     from raydd.config import compose, validate
@@ -79,7 +84,7 @@ def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
     made_s = time.time() - tic
     summary = evaluate.run(cfg, set_uri)["summary"]
     return {"key": f"{kind}-{ipc}", "kind": kind, "ipc": ipc, "overrides": overrides(args, kind, ipc),
-            "accuracy": {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()},
+            "accuracy": accuracy_of(summary),
             "make_s": round(made_s, 1), "wall_s": round(time.time() - tic, 1), "learned_lr": made.get("lr"),
             "start_window": made.get("start_window")}
 
@@ -97,7 +102,7 @@ def evaluate_kept(row: dict, archs: list[str], extra: tuple[str, ...] = ()) -> t
     loc = set_location(cfg)
     drawn = row["kind"] == "random" and not loc.join("set.parquet").exists()
     summary = evaluate.run(cfg, None if drawn else loc.uri)["summary"]
-    return {arch: {"mean": s["mean"], "std": s["std"], "n": s["n"]} for arch, s in summary.items()}, round(time.time() - tic, 1)
+    return accuracy_of(summary), round(time.time() - tic, 1)
 
 
 def add_archs(row: dict, archs: list[str]) -> dict:
@@ -244,6 +249,8 @@ def main() -> None:
     ap.add_argument("--eval-lr", type=float, default=None,
                     help="evaluate the kept sets of --kinds/--ipcs on --archs at this lr instead of their learned lr")
     args = ap.parse_args()
+    if args.eval_lr is not None and not args.eval_lr > 0:
+        ap.error(f"--eval-lr {args.eval_lr}: an evaluation lr must be positive")
     args.command = "RAY_AUTH_MODE=disabled .venv/bin/python " + " ".join(["benchmarks/large_ipc.py", *sys.argv[1:]])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
