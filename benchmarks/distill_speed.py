@@ -8,9 +8,9 @@ Setup, as the issue fixes it: ConvNet-3 width 128 (instance norm), a 10-class 3�
 IPC 10 (100 images, the whole set per inner step), DSA on, ZCA off, one process. The reference
 rows run the authors' own code from a checkout of GeorgeCazenavette/mtt-distillation
 (``benchmarks/reference_mtt.py``) in the same run, as its users run it (glibc's default allocator).
-raydd's rows run as its stages do: both unrolls on Ray's jemalloc (``distill.heap=auto``), the
-expert epoch after ``raydd.runtime.reuse_heap()``; other rows show glibc's allocator, default
-and kept heap. Each point runs in a fresh subprocess so its peak is its own: the process's peak RSS
+raydd's rows run as its stages do: both unrolls on Ray's jemalloc (``distill.heap=auto``) in the
+layout ``channels_last=auto`` picks (NCHW on CPU, NHWC on CUDA), the expert epoch after
+``raydd.runtime.reuse_heap()``; other rows show NHWC on CPU and glibc's allocator, default and kept heap. Each point runs in a fresh subprocess so its peak is its own: the process's peak RSS
 on CPU (everything: Python, torch, data), ``torch.cuda.max_memory_allocated`` on GPU.
 ``--only KEY ...`` re-runs some points into the recorded file; ``--repeat N`` runs them in N alternating
 rounds and records each point's median run (and every run's seconds).
@@ -33,8 +33,9 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).parent
 KEPT = (10, 20)  # constant-memory points at syn_steps 40 with the last k steps' graphs kept (distill.kept_graphs)
-BASELINES = {"reference plain 20": ("plain 20", "plain 20 glibc", "plain 20 heap"),
-             "plain 40": ("constant_memory 40", *(f"constant_memory 40 kept {k}" for k in KEPT))}
+BASELINES = {"reference plain 20": ("plain 20", "plain 20 nhwc", "plain 20 glibc", "plain 20 heap"),
+             "plain 40": ("constant_memory 40", "plain 40 nhwc"), "plain 40 nhwc": ("constant_memory 40 nhwc",
+                                                                          *(f"constant_memory 40 kept {k}" for k in KEPT))}
 
 
 def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, threads: int, profile: bool,
@@ -79,7 +80,7 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - tic) / iters
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    row = {"what": f"{unroll} unroll" + ("" if channels_last else ", NCHW"), "syn_steps": steps, "kept_graphs": kept,
+    row = {"what": f"{unroll} unroll, {'NHWC' if channels_last else 'NCHW'}", "syn_steps": steps, "kept_graphs": kept,
            "seconds": seconds, "peak_mb": peak / 2**20,
            "grad_norm": float(state.images.grad.norm())}
     if profile:
@@ -209,6 +210,11 @@ def allocation(megabytes: int = 52, rounds: int = 100) -> dict:
             "fill_ms": 1e3 * (time.perf_counter() - tic) / rounds}
 
 
+def layout(row: dict) -> str:
+    """The row's tensor layout (rows before session 22 name only NCHW: the others ran NHWC)."""
+    return "NCHW" if "NCHW" in row["what"] else "NHWC"
+
+
 def secs(row: dict) -> str:
     """A row's seconds, with every run's where it is the median of several."""
     runs = row.get("seconds_runs")
@@ -225,10 +231,12 @@ def render(meta: dict, rows: list[dict]) -> str:
     epoch_je = by.get("epoch jemalloc")
     if ref:
         lines += ["| what | raydd | authors' MTT code, same run | raydd / authors' | target |", "|---|---|---|---|---|"]
-        for row, what in ((mine, "plain unroll, syn_steps 20 (default `distill.heap=auto`: Ray's jemalloc)"),
+        for row, what in ((mine, "plain unroll, syn_steps 20 (defaults: `channels_last=auto`, `distill.heap=auto`: Ray's jemalloc)"),
+                          (by.get("plain 20 nhwc"), "plain unroll, syn_steps 20, `channels_last=true`"),
                           (by.get("plain 20 glibc"), "plain unroll, syn_steps 20, `distill.heap=default` (glibc's malloc)"),
                           (by.get("plain 20 heap"), "plain unroll, syn_steps 20, `distill.heap=reuse` (glibc's heap kept)")):
             if row:
+                what = f"{what}, {layout(row)}"
                 base = row.get("baseline", ref)
                 lines.append(f"| {what}: s / outer iteration | {secs(row)} | {secs(base)} | "
                              f"{row['seconds'] / base['seconds']:.2f} | {'≤ 0.5' if row is mine else '–'} |")
@@ -258,12 +266,13 @@ def render(meta: dict, rows: list[dict]) -> str:
         kept = [(by.get(f"constant_memory 40 kept {k}"), str(k), f"constant-memory, the last {k} steps' graphs kept "
                  f"(`distill.kept_graphs={k}`)") for k in KEPT]
         for row, count, what in [(plain40, "plain", "plain"), (cm40, "0", "constant-memory (`distill.kept_graphs=0`, the default)"),
-                                 *kept]:
+                                 (by.get("plain 40 nhwc"), "plain", "plain, `channels_last=true`"),
+                                 (by.get("constant_memory 40 nhwc"), "0", "constant-memory, `channels_last=true`"), *kept]:
             if row:
-                base = row.get("baseline", plain40)
+                what, base = f"{what}, {layout(row)}", row.get("baseline", plain40)
                 flops = f"{counts[count]:.0f}: {counts[count] / counts['plain']:.2f}" if counts else "–"
                 lines.append(f"| {what} | {secs(row)} | {row['seconds'] / base['seconds']:.2f} | "
-                             f"{'–' if row is plain40 else '≤ 1.2'} | {row['peak_mb']:.0f} | "
+                             f"{'–' if count == 'plain' else '≤ 1.2'} | {row['peak_mb']:.0f} | "
                              f"{row['peak_mb'] / base['peak_mb']:.2f} | {flops} |")
         lines.append("")
     allocs = [r for r in rows if r["what"] == "allocation"]
@@ -293,19 +302,24 @@ def points(args: argparse.Namespace) -> dict[str, tuple[list[str], Path, dict[st
     epoch = ["--epoch", *common, "--expert-images", str(args.expert_images)]
     cpu = args.device == "cpu"
     je = jemalloc_env()
+    auto = "nhwc" if args.device == "cuda" else "nchw"  # what channels_last=auto lays out on the device
     table = {
         "allocation default": (["--allocation"], here, {}), "allocation heap": (["--allocation", "--heap"], here, {}),
         "allocation jemalloc": (["--allocation"], here, je),
         "reference plain 20": ([str(args.reference), "unroll", "20", str(args.iters), str(args.threads)], reference, {}),
-        "plain 20": (["--point", "plain", "20", "nhwc", *common], here, je),
-        "plain 20 profile": (["--point", "plain", "20", "nhwc", "--profile", *common], here, je),
+        "plain 20": (["--point", "plain", "20", auto, *common], here, je),
+        "plain 20 nhwc": (["--point", "plain", "20", "nhwc", *common], here, je),
+        "plain 20 profile": (["--point", "plain", "20", auto, "--profile", *common], here, je),
+        "plain 20 nhwc profile": (["--point", "plain", "20", "nhwc", "--profile", *common], here, je),
         "plain 20 glibc": (["--point", "plain", "20", "nhwc", *common], here, {}),
         "plain 20 heap": (["--point", "plain", "20", "nhwc", "--heap", *common], here, {}),
         "conv floor": (["--floor", *common], here, {}),
         "conv counts 40": (["--conv-counts", *common], here, {}),
-        "constant_memory 40": (["--point", "constant_memory", "40", "nhwc", *common], here, je),
+        "constant_memory 40": (["--point", "constant_memory", "40", auto, *common], here, je),
+        "constant_memory 40 nhwc": (["--point", "constant_memory", "40", "nhwc", *common], here, je),
         "constant_memory 40 heap": (["--point", "constant_memory", "40", "nhwc", "--heap", *common], here, {}),
-        "plain 40": (["--point", "plain", "40", "nhwc", *common], here, je),
+        "plain 40": (["--point", "plain", "40", auto, *common], here, je),
+        "plain 40 nhwc": (["--point", "plain", "40", "nhwc", *common], here, je),
         **{f"constant_memory 40 kept {k}": (["--point", "constant_memory", "40", "nhwc", "--kept", str(k), *common], here, je)
            for k in KEPT},
         "reference epoch": ([str(args.reference), "epoch", str(args.expert_images), str(args.threads)], reference, {}),

@@ -386,7 +386,7 @@ class RunSpec:
     run_name: str | None
     ray_address: str | None
     zca: bool
-    channels_last: bool
+    channels_last: bool | str   # True, False or "auto" (raydd.core.train.channels_last)
     tracking: str | None
     method: MethodSpec
     dataset: DatasetCfg
@@ -631,6 +631,8 @@ def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str
     _positive_int(spec.ipc, "ipc")
     _positive_int(spec.workers, "workers", allow_zero=True)
     check_dataset(spec.dataset)
+    if spec.channels_last not in (True, False, "auto"):
+        raise ConfigError(f"channels_last must be auto, true or false, got {spec.channels_last!r}")
     if spec.tracking not in (None, "tensorboard"):
         raise ConfigError(f"unknown tracking {spec.tracking!r}; choose null (off) or tensorboard")
     check_experts(spec.experts)

@@ -36,7 +36,7 @@ def test_a_kept_row_stays_compared_with_the_baseline_of_its_own_run(monkeypatch)
     import distill_speed
 
     rows = {"reference plain 20": {"what": "reference plain unroll", "seconds": 20.0, "peak_mb": 100.0},
-            "plain 20": {"what": "plain unroll", "seconds": 10.0, "peak_mb": 90.0},
+            "plain 20": {"what": "plain unroll, NCHW", "seconds": 10.0, "peak_mb": 90.0},
             "plain 20 glibc": {"what": "plain unroll", "seconds": 27.0, "peak_mb": 100.0,
                                "baseline": {"seconds": 30.0, "peak_mb": 100.0}}}
     distill_speed.paired(rows, {"reference plain 20": [rows["reference plain 20"]], "plain 20": [rows["plain 20"]]})
@@ -44,5 +44,14 @@ def test_a_kept_row_stays_compared_with_the_baseline_of_its_own_run(monkeypatch)
     assert rows["plain 20 glibc"]["baseline"]["seconds"] == 30.0  # measured in an earlier run: its own authors' time
     meta = {"device": "cpu", "commands": [], "machine": "x", "threads": 2, "torch": "t", "setup": "s"}
     lines = distill_speed.render(meta, [{**r, "key": k} for k, r in rows.items()]).splitlines()
-    assert any("(default `distill.heap=auto`" in line and "| 10.00 | 20.00 | 0.50 | ≤ 0.5 |" in line for line in lines)
-    assert any("(glibc's malloc): s / outer" in line and "| 27.00 | 30.00 | 0.90 | – |" in line for line in lines)
+    assert any("`distill.heap=auto`: Ray's jemalloc), NCHW: s / outer" in line and "| 10.00 | 20.00 | 0.50 | ≤ 0.5 |" in line for line in lines)
+    assert any("(glibc's malloc), NHWC: s / outer" in line and "| 27.00 | 30.00 | 0.90 | – |" in line for line in lines)
+
+
+@pytest.mark.parametrize("arch", ["convnet", "resnet18", "vgg11"])
+def test_eval_layout_points_run(arch):
+    script = SPEED.parent / "eval_layout.py"
+    out = subprocess.run([sys.executable, str(script), "--point", arch, "nhwc", "--width", "4", "--ipc", "2", "--epochs", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) > 0

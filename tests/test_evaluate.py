@@ -6,10 +6,11 @@ import pytest
 import ray
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from raydd.config import compose
 from raydd.core.images import normalize, random_indices
-from raydd.core.train import TrainSpec, accuracy, set_loss, train_on_set
+from raydd.core.train import TrainSpec, accuracy, channels_last, set_loss, train_on_batches, train_on_set
 from raydd.data.parquet import write_split
 from raydd.data.registry import dataset_spec, load_split, open_split
 from raydd.evaluate.baselines import full_set
@@ -148,3 +149,18 @@ def test_streamed_splits_give_the_in_memory_accuracies(tmp_path, ray_session, ca
         result = json.loads(next((tmp_path / mode).glob(f"evals/{method}-*/eval.json")).read_text())
         accuracies[mode] = [r["accuracy"] for r in result["models"]]
     assert accuracies["stream"] == accuracies["memory"]
+
+
+@pytest.mark.parametrize(("setting", "device", "nhwc"), [("auto", "cpu", False), ("auto", "cuda", True),
+                                                         (True, "cpu", True), (False, "cuda", False)])
+def test_channels_last_auto_is_nhwc_on_cuda_and_nchw_on_cpu(setting, device, nhwc):
+    assert channels_last(setting, torch.device(device)) is nhwc
+
+
+@pytest.mark.parametrize(("setting", "nhwc"), [("auto", False), (True, True)])
+def test_the_evaluation_protocol_lays_the_model_out_as_channels_last_resolves(setting, nhwc):
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    x, y = torch.randn(8, 2, 8, 8), torch.arange(8) % 2
+    train_on_batches(model, lambda gen: [(x, y, None, None)], TrainSpec(epochs=1, dsa=False, channels_last=setting), 0)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+    assert model[0].weight.is_contiguous() is not nhwc

@@ -60,3 +60,13 @@ def test_model_defaults_come_from_the_config():
 def test_a_scalar_key_of_the_wrong_kind_is_one_error(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ExpertsSpec.from_config(compose([override])["experts"])
+
+
+@pytest.mark.parametrize("setting", ["auto", True, False])
+def test_channels_last_takes_auto_true_or_false(setting):
+    assert validate(compose([f"channels_last={str(setting).lower()}"]), "distill").channels_last == setting
+
+
+def test_an_unknown_channels_last_is_one_config_error():
+    with pytest.raises(ConfigError, match=r"^channels_last must be auto, true or false, got 'nhwc'$"):
+        validate(compose(["channels_last=nhwc"]), "distill")

@@ -23,7 +23,14 @@ class TrainSpec:
     dsa_strategy: str = DEFAULT_STRATEGY
     soft_label_temperature: float = 1.0
     amp: bool = False              # bfloat16 autocast for the forward pass (weights and optimiser stay float32)
-    channels_last: bool = False    # NHWC weights and activations (same values, faster convolutions)
+    channels_last: bool | str = False  # NHWC weights and activations (the same values); "auto": see channels_last()
+
+
+def channels_last(setting: bool | str, device: torch.device) -> bool:
+    """Whether a stage on ``device`` lays its tensors out NHWC: ``setting``, or for ``"auto"`` NHWC on CUDA
+    and NCHW on CPU, where oneDNN's NCHW instance norm outruns what NHWC saves elsewhere
+    (``benchmarks/results/distill_speed.md``)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def per_sample_loss(logits: Tensor, labels: Tensor, soft: Tensor | None, temperature: float = 1.0) -> Tensor:
@@ -63,7 +70,7 @@ def train_on_batches(model: nn.Module, epoch: Callable[[torch.Generator], Iterab
                      seed: int, on_epoch: Callable[[int], None] | None = None) -> nn.Module:
     """SGD with momentum, lr ×0.1 at half the epochs, :func:`train_step` on every batch of ``epoch(gen)`` (one
     epoch's batches, their order drawn from the seeded ``gen``, which then seeds DSA batch by batch)."""
-    if spec.channels_last:
+    if channels_last(spec.channels_last, next(model.parameters()).device):
         model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ray.experimental.tqdm_ray import tqdm
 from torch import Tensor
 
-from raydd.core.train import TrainSpec, accuracy, train_on_set
+from raydd.core.train import TrainSpec, accuracy, channels_last, train_on_set
 from raydd.core.images import DatasetSpec
 from raydd.data.registry import dataset_spec
 from raydd.distill.guards import DivergedError, Guard
@@ -116,7 +116,7 @@ def train_fn(config: dict[str, Any]) -> None:
         reuse_heap()
     malloc = allocator()
     store = TrajectoryStore.open(resolve(config["store"], run.storage.endpoint_url))
-    net = FlatModel(build_model(run.model, spec).to(device), run.channels_last)
+    net = FlatModel(build_model(run.model, spec).to(device), channels_last(run.channels_last, device))
     init = ray.get(config["init"])
     labels = init["labels"]
     shards = ShardMap.of(labels, world)

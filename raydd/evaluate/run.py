@@ -28,7 +28,7 @@ from raydd.storage.fs import Location
 TEST_BATCH = 1024  # images per test-pass batch
 
 
-def train_spec(ev: EvaluateSpec, ds: DistilledSet | FullSet, channels_last: bool) -> TrainSpec:
+def train_spec(ev: EvaluateSpec, ds: DistilledSet | FullSet, channels_last: bool | str) -> TrainSpec:
     """The train-on-set protocol of ``evaluate``: the set's learned lr unless ``use_set_lr`` is off."""
     lr = ds.lr if ds.lr is not None and ev.use_set_lr else ev.lr
     return TrainSpec(epochs=ev.epochs, lr=float(lr), batch_size=ev.batch_size, dsa=ev.dsa,

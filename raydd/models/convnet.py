@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from raydd.models.norm import InstanceNorm
+from raydd.models.pool import AvgPool2x2
+
 
 def norm_layer(norm: str, channels: int) -> nn.Module:
-    """'instance' is GroupNorm with one group per channel (affine), as the MTT code uses."""
+    """'instance' is GroupNorm with one group per channel (affine), as the MTT code uses (with a closed-form
+    second derivative: :class:`raydd.models.norm.InstanceNorm`)."""
     if norm == "instance":
-        return nn.GroupNorm(channels, channels, affine=True)
+        return InstanceNorm(channels)
     if norm == "batch":
         return nn.BatchNorm2d(channels)
     if norm == "none":
@@ -26,7 +30,7 @@ class ConvNet(nn.Module):
                  norm: str = "instance", act: str = "relu", pooling: str = "avg") -> None:
         super().__init__()
         acts = {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid}
-        pools = {"avg": lambda: nn.AvgPool2d(2), "max": lambda: nn.MaxPool2d(2), "none": nn.Identity}
+        pools = {"avg": AvgPool2x2, "max": lambda: nn.MaxPool2d(2), "none": nn.Identity}
         if act not in acts:
             raise ValueError(f"unknown activation {act!r}; choose {', '.join(acts)}")
         if pooling not in pools:
