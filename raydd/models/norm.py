@@ -50,10 +50,10 @@ class _NormGrad(torch.autograd.Function):
         su, sux, sug = u.sum((2, 3), keepdim=True), _sums(u, xhat), _sums(u, g)
         m1, m2 = g.sum((2, 3), keepdim=True) / m, _sums(g, xhat) / m
         a = gamma * s
-        grad_g = torch.addcmul((q.view(1, c, 1, 1) - a * su / m), xhat, p.view(1, c, 1, 1) - a * sux / m).addcmul_(u, a)
+        alpha, beta = -a * m2, p.view(1, c, 1, 1) - a * sux / m
+        grad_g = torch.addcmul((q.view(1, c, 1, 1) - a * su / m), xhat, beta).addcmul_(u, a)
         t = sug - m1 * su - m2 * sux
         grad_w = (s * t).sum((0, 2, 3)).view(c)
-        alpha, beta = -a * m2, p.view(1, c, 1, 1) - a * sux / m
         mean_g, mean_gx = alpha * su / m + beta * m1, alpha * sux / m + beta * m2
         grad_x = torch.addcmul(-s * mean_g, xhat, -s * mean_gx - gamma * t * s * s / m)
         grad_x.addcmul_(u, s * alpha).addcmul_(g, s * beta)
