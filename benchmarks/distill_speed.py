@@ -94,13 +94,13 @@ def unroll_point(unroll: str, steps: int, width: int, device: str, iters: int, t
     return row
 
 
-def conv_gflop(unroll: str, steps: int, width: int, threads: int, kept: int = 0) -> float:
+def conv_gflop(unroll: str, steps: int, width: int, threads: int, kept: int = 0, channels_last: bool = True) -> float:
     """GFLOP of the convolutions (forward, backward, double backward) in one outer iteration, by ``FlopCounterMode``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:  # the warm-up and one timed iteration
-        unroll_point(unroll, steps, width, "cpu", 1, threads, False, True, kept)
+        unroll_point(unroll, steps, width, "cpu", 1, threads, False, channels_last, kept)
     return sum(v for op, v in counter.get_flop_counts()["Global"].items() if "conv" in str(op)) / 2 / 1e9
 
 
@@ -123,13 +123,15 @@ def conv_floor(width: int, threads: int) -> dict:
 
 
 def conv_counts(width: int, threads: int) -> dict:
-    """The convolutions' GFLOP of one outer iteration at syn_steps 40: plain, constant-memory and each kept budget.
-    Their ratio to plain is the time ratio's limit where convolutions dominate the time."""
+    """The convolutions' GFLOP of one outer iteration at syn_steps 40 by layout (``nchw``, ``nhwc``): plain,
+    constant-memory and (NHWC, as their rows) each kept budget. Their ratio to plain is the time ratio's limit
+    where convolutions dominate the time."""
     import torch
 
     torch.set_num_threads(threads)
-    counts = {"plain": conv_gflop("plain", 40, width, threads),
-              **{str(k): conv_gflop("constant_memory", 40, width, threads, k) for k in (0, *KEPT)}}
+    counts = {layout: {"plain": conv_gflop("plain", 40, width, threads, 0, layout == "nhwc"),
+                       **{str(k): conv_gflop("constant_memory", 40, width, threads, k, layout == "nhwc") for k in kept}}
+              for layout, kept in (("nchw", (0,)), ("nhwc", (0, *KEPT)))}
     return {"what": "conv counts", "syn_steps": 40, "gflop": counts}
 
 
@@ -270,7 +272,8 @@ def render(meta: dict, rows: list[dict]) -> str:
                                  (by.get("constant_memory 40 nhwc"), "0", "constant-memory, `channels_last=true`"), *kept]:
             if row:
                 what, base = f"{what}, {layout(row)}", row.get("baseline", plain40)
-                flops = f"{counts[count]:.0f}: {counts[count] / counts['plain']:.2f}" if counts else "–"
+                of = counts.get(layout(row).lower(), {}) if counts else {}
+                flops = f"{of[count]:.0f}: {of[count] / of['plain']:.2f}" if count in of else "–"
                 lines.append(f"| {what} | {secs(row)} | {row['seconds'] / base['seconds']:.2f} | "
                              f"{'–' if count == 'plain' else '≤ 1.2'} | {row['peak_mb']:.0f} | "
                              f"{row['peak_mb'] / base['peak_mb']:.2f} | {flops} |")

@@ -14,7 +14,9 @@ pulls the adjoint of θ through each step with one vector-Jacobian product, all-
 ``kept_graphs=None`` (``distill.unroll=plain``) keeps every step's double-backward graph from
 the forward pass, as the reference code does; ``0`` (``constant_memory``, TESLA-style) keeps
 only the N parameter vectors and recomputes one step's graph at a time in the backward pass:
-the same gradient bit for bit, one step's graph in memory, one more forward and backward per step;
+the same gradient bit for bit, one step's graph in memory, one more forward and backward per step
+(a backward without the convolutions' weight gradients, whose values the forward pass already took:
+:func:`raydd.models.conv.graph_only`);
 ``k`` keeps the last k steps' graphs and recomputes the others: memory and time in between,
 growing with k and not with N.
 """
@@ -31,6 +33,7 @@ from raydd.core.dsa import dsa
 from raydd.core.train import per_sample_loss
 from raydd.distill.matching import matching_loss
 from raydd.distill.sharding import InnerStep
+from raydd.models.conv import graph_only
 from raydd.models.functional import FlatModel
 
 Reduce = Callable[[Tensor], Tensor]
@@ -132,7 +135,8 @@ def unroll(net: FlatModel, images: Tensor, labels: Tensor, soft: Tensor | None, 
             theta, mine = graphs.pop()
         else:
             theta = thetas[i].detach().requires_grad_(True)
-            mine = local_grad(net, theta, images, labels, soft, plan[i], spec)
+            with graph_only():
+                mine = local_grad(net, theta, images, labels, soft, plan[i], spec)
         outs = torch.autograd.grad(mine, [theta, *learn], grad_outputs=adj_v, allow_unused=True) \
             if mine.requires_grad else [None] * (1 + len(learn))
         hvp = outs[0] if outs[0] is not None else torch.zeros_like(start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from raydd.models.conv import Conv2d
 from raydd.models.norm import InstanceNorm
 from raydd.models.pool import AvgPool2x2
 
@@ -38,7 +39,7 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         size, in_ch = image_size, channels
         for _ in range(depth):
-            layers += [nn.Conv2d(in_ch, width, 3, padding=1), norm_layer(norm, width), acts[act]()]
+            layers += [Conv2d(in_ch, width, 3, padding=1), norm_layer(norm, width), acts[act]()]
             if pooling != "none" and size >= 2:
                 layers.append(pools[pooling]())
                 size //= 2
