@@ -46,9 +46,11 @@ def test_how_the_unroll_keeps_its_graphs_keeps_the_same_set():
 
 def test_existing_sets_keep_their_names():
     """Pinned digests of the default store and set: a new config key that does not change what a stage
-    writes belongs to the *_ORCHESTRATION_KEYS, or every set made before it would no longer be found."""
+    writes belongs to the *_ORCHESTRATION_KEYS, or every set made before it would no longer be found. The default
+    distill.lr_lr changed what distill writes (1e-5 → 5e-6): sets made at 1e-5 keep their name under that override."""
     store, set_ = where()
-    assert (store.rsplit("-", 1)[1], set_.rsplit("-", 1)[1]) == ("26199b7c", "b1635cda")
+    assert (store.rsplit("-", 1)[1], set_.rsplit("-", 1)[1]) == ("26199b7c", "d12a3b3b")
+    assert where("distill.lr_lr=1e-5")[1].rsplit("-", 1)[1] == "b1635cda"
 
 
 def test_names_are_readable_and_stable():
