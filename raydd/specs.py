@@ -498,6 +498,9 @@ def check_distill(d: DistillSpec, expert_epochs: int, window: bool) -> None:
     if not 0 < d.lr_backoff <= 1 or not 0 <= d.max_rejected_fraction <= 1 or d.temperature <= 0:
         raise ConfigError("distill.lr_backoff must lie in (0, 1], distill.max_rejected_fraction in [0, 1] and "
                           "distill.temperature must be positive")
+    if min(d.lr_img, d.lr_lr, d.lr_label) < 0 or not d.lr_init > 0:
+        raise ConfigError(f"distill.lr_img, lr_lr and lr_label must be >= 0 and distill.lr_init > 0, got lr_img={d.lr_img}, "
+                          f"lr_lr={d.lr_lr}, lr_label={d.lr_label}, lr_init={d.lr_init}")
     if d.lr_max_step is not None and not d.lr_max_step > 1:
         raise ConfigError(f"distill.lr_max_step must be > 1 (the most the learned lr may change by in one iteration) "
                           f"or null (unbounded), got {d.lr_max_step}")

@@ -81,6 +81,7 @@ BAD = {
     "unknown stage": (["destill"], "unknown stage 'destill'; choose one of data, experts"),
     "bad unroll": (["distill", "distill.unroll=recursive"], "unknown distill.unroll 'recursive'; choose plain or constant_memory"),
     "bad lr_max_step": (["distill", "distill.lr_max_step=1"], "distill.lr_max_step must be > 1"),
+    "negative lr_lr": (["distill", "distill.lr_lr=-1"], "distill.lr_img, lr_lr and lr_label must be >= 0"),
     "bad threshold patience": (["distill", "distill.threshold_patience=0"],
                                "distill.threshold_patience must be a positive integer"),
     "kept graphs on plain": (["distill", "distill.kept_graphs=4"],
