@@ -15,10 +15,11 @@ def pair(cin: int, cout: int, **kw) -> tuple[Conv2d, nn.Conv2d]:
     return ours, theirs
 
 
+@pytest.mark.parametrize("cout", [3, 64], ids=["narrow", "first_layer_gemm"])  # 64: the input gradient by GEMM + fold
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=1), dict(padding=0, bias=False)],
                          ids=["same", "stride2", "nobias"])
-def test_values_and_first_and_second_derivatives_are_conv2ds(kw):
-    ours, theirs = pair(2, 3, **kw)
+def test_values_and_first_and_second_derivatives_are_conv2ds(kw, cout):
+    ours, theirs = pair(2, cout, **kw)
     x = torch.randn(2, 2, 6, 5, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(ours(x), theirs(x))
     names = [n for n, _ in ours.named_parameters()]
@@ -28,13 +29,14 @@ def test_values_and_first_and_second_derivatives_are_conv2ds(kw):
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
+@pytest.mark.parametrize("width", [4, 64], ids=["narrow", "first_layer_gemm"])
 @pytest.mark.parametrize("leaf", [False, True], ids=["interior_input", "leaf_input"])
-def test_the_double_backward_of_a_network_matches_conv2ds(leaf):
+def test_the_double_backward_of_a_network_matches_conv2ds(leaf, width):
     """The unroll's pattern: parameter gradients built with their graph, then their vector-Jacobian product
     with respect to the images and the parameters."""
     torch.manual_seed(0)
-    first, first_ref = pair(3, 4, padding=1)
-    second, second_ref = pair(4, 4, padding=1)
+    first, first_ref = pair(3, width, padding=1)
+    second, second_ref = pair(width, 4, padding=1)
     images = torch.randn(5, 3, 8, 8, dtype=torch.float64, requires_grad=True)
 
     def grads(c1, c2):

@@ -45,6 +45,17 @@ def graph_only() -> Iterator[None]:
         _weight_values.reset(token)
 
 
+def _input_grad(gy: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int]) -> Tensor:
+    """The convolution's gradient with respect to its input ``x`` (of ``gy``, the output's gradient).
+
+    A first layer (at most 4 input channels, 64 or more output channels) takes it as one GEMM and a ``fold``:
+    oneDNN's kernel is 1.5-3× slower there on CPU (``benchmarks/results/distill_speed.md``)."""
+    if x.shape[1] <= 4 and weight.shape[0] >= 64:
+        cols = torch.bmm(weight.flatten(1).t().expand(gy.shape[0], -1, -1), gy.flatten(2))
+        return F.fold(cols, x.shape[-2:], weight.shape[-2:], padding=padding, stride=stride)
+    return _backward(gy, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1, [True, False, False])[0]
+
+
 def _input_grad_needed(node) -> bool:
     """Whether the running backward pass will use the gradient flowing into ``node`` (a leaf's always counts:
     the engine answers only for interior nodes during ``autograd.grad``)."""
@@ -61,8 +72,9 @@ class _ConvGrad(torch.autograd.Function):
                 need_x: bool, values: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
         ctx.save_for_backward(gy, x, weight)
         ctx.stride, ctx.padding = stride, padding
-        gx, gw, gb = _backward(gy, x, weight, [weight.shape[0]] if bias else None, stride, padding, [1, 1], False,
-                               [0, 0], 1, [need_x, values, bias and values])
+        _, gw, gb = _backward(gy, x, weight, [weight.shape[0]] if bias else None, stride, padding, [1, 1], False,
+                              [0, 0], 1, [False, values, bias and values])
+        gx = _input_grad(gy, x, weight, stride, padding) if need_x else None
         if not values:
             gw, gb = torch.zeros_like(weight), weight.new_zeros(weight.shape[0]) if bias else None
         return gx, gw, gb
@@ -80,7 +92,7 @@ class _ConvGrad(torch.autograd.Function):
         grad_gy = sum(terms[1:], terms[0]) if terms else None
         grad_x = grad_w = None
         if p is not None and ctx.needs_input_grad[1] and _input_grad_needed(ctx.next_functions[1][0]):
-            grad_x = _backward(gy, x, p, None, stride, padding, [1, 1], False, [0, 0], 1, [True, False, False])[0]
+            grad_x = _input_grad(gy, x, p, stride, padding)
         if u is not None and ctx.needs_input_grad[2] and _input_grad_needed(ctx.next_functions[2][0]):
             grad_w = _backward(gy, u, weight, None, stride, padding, [1, 1], False, [0, 0], 1, [False, True, False])[1]
         return grad_gy, grad_x, grad_w, None, None, None, None, None

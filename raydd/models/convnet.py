@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from raydd.models.conv import Conv2d
 from raydd.models.norm import InstanceNorm
 from raydd.models.pool import AvgPool2x2
+from raydd.models.relu import ReLU
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:
@@ -30,7 +31,7 @@ class ConvNet(nn.Module):
     def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128, depth: int = 3,
                  norm: str = "instance", act: str = "relu", pooling: str = "avg") -> None:
         super().__init__()
-        acts = {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid}
+        acts = {"relu": ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid}
         pools = {"avg": AvgPool2x2, "max": lambda: nn.MaxPool2d(2), "none": nn.Identity}
         if act not in acts:
             raise ValueError(f"unknown activation {act!r}; choose {', '.join(acts)}")
