@@ -48,9 +48,10 @@ def graph_only() -> Iterator[None]:
 def _input_grad(gy: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int]) -> Tensor:
     """The convolution's gradient with respect to its input ``x`` (of ``gy``, the output's gradient).
 
-    A first layer (at most 4 input channels, 64 or more output channels) takes it as one GEMM and a ``fold``:
-    oneDNN's kernel is 1.5-3× slower there on CPU (``benchmarks/results/distill_speed.md``)."""
-    if x.shape[1] <= 4 and weight.shape[0] >= 64:
+    A first layer on CPU (at most 4 input channels, 64 or more output channels) takes it as one batched GEMM and a
+    ``fold``, where oneDNN's kernel is 1.5-3× slower (``benchmarks/results/distill_speed.md``); elsewhere, and on
+    GPUs (not measured), ``convolution_backward``."""
+    if x.is_cpu and x.shape[1] <= 4 and weight.shape[0] >= 64:
         cols = torch.bmm(weight.flatten(1).t().expand(gy.shape[0], -1, -1), gy.flatten(2))
         return F.fold(cols, x.shape[-2:], weight.shape[-2:], padding=padding, stride=stride)
     return _backward(gy, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1, [True, False, False])[0]
