@@ -73,11 +73,12 @@ class _ConvGrad(torch.autograd.Function):
                 need_x: bool, values: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
         ctx.save_for_backward(gy, x, weight)
         ctx.stride, ctx.padding = stride, padding
-        _, gw, gb = _backward(gy, x, weight, [weight.shape[0]] if bias else None, stride, padding, [1, 1], False,
-                              [0, 0], 1, [False, values, bias and values])
-        gx = _input_grad(gy, x, weight, stride, padding) if need_x else None
-        if not values:
+        if values:
+            _, gw, gb = _backward(gy, x, weight, [weight.shape[0]] if bias else None, stride, padding, [1, 1], False,
+                                  [0, 0], 1, [False, True, bias])
+        else:
             gw, gb = torch.zeros_like(weight), weight.new_zeros(weight.shape[0]) if bias else None
+        gx = _input_grad(gy, x, weight, stride, padding) if need_x else None
         return gx, gw, gb
 
     @staticmethod
