@@ -38,7 +38,7 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
     """The config overrides of one row: the kind's experiment (or method), the shared width and evaluation."""
     from raydd.config import compose
 
-    shared = [f"storage.root={args.root}", "seed=0", f"evaluate.num_models={args.models}", *args.smoke,
+    shared = [f"storage.root={args.root}", "seed=0", f"evaluate.num_models={args.models}", *evaluation(args), *args.smoke,
               f"evaluate.models=[{','.join(args.archs)}]", f"evaluate.width={WIDTH}",
               f"distill.cpus_per_worker={args.cpus}", "workers=1"]
     if kind == "full":
@@ -57,6 +57,13 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
     return [f"method={kind}", f"model.width={cfg['model']['width']}", f"experts.num={e['num']}", f"experts.epochs={e['epochs']}",
             f"experts.lr={e['lr']}",
             *(f"distill.{k}={'null' if d[k] is None else d[k]}" for k in RECIPE_KEYS), *start, *per_ipc]
+
+
+def evaluation(args: argparse.Namespace) -> list[str]:
+    """How this command runs its evaluation models, not what they measure: ``--compile`` (their training forward
+    through torch.compile) and ``--eval-cpus`` (CPUs per model: below 1, more models at once than cores)."""
+    return [*([f"evaluate.compile=[{','.join(args.compile)}]"] if args.compile else []),
+            *([f"evaluate.cpus_per_model={args.eval_cpus:g}"] if args.eval_cpus is not None else [])]
 
 
 def accuracy_of(summary: dict[str, dict]) -> dict[str, dict]:
@@ -97,7 +104,8 @@ def evaluate_kept(row: dict, archs: list[str], extra: tuple[str, ...] = ()) -> t
     from raydd.evaluate import stage as evaluate
     from raydd.storage.layout import set_location
 
-    cfg = compose([*row["overrides"], f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}", *extra])
+    kept = [o for o in row["overrides"] if not o.startswith(("evaluate.compile=", "evaluate.cpus_per_model="))]
+    cfg = compose([*kept, f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}", *extra])
     tic = time.time()
     loc = set_location(cfg)
     drawn = row["kind"] == "random" and not loc.join("set.parquet").exists()
@@ -105,17 +113,17 @@ def evaluate_kept(row: dict, archs: list[str], extra: tuple[str, ...] = ()) -> t
     return accuracy_of(summary), round(time.time() - tic, 1)
 
 
-def add_archs(row: dict, archs: list[str]) -> dict:
-    """``row`` with its kept set also evaluated on ``archs``, each with its wall time."""
-    accuracy, seconds = evaluate_kept(row, archs)
+def add_archs(row: dict, archs: list[str], extra: tuple[str, ...] = ()) -> dict:
+    """``row`` with its kept set also evaluated on ``archs`` (under ``extra`` overrides), each with its wall time."""
+    accuracy, seconds = evaluate_kept(row, archs, extra)
     return {**row, "accuracy": {**row["accuracy"], **accuracy},
             "arch_wall_s": {**row.get("arch_wall_s", {}), ",".join(archs): seconds}}
 
 
-def add_fixed_lr(row: dict, archs: list[str], lr: float, command: str) -> dict:
+def add_fixed_lr(row: dict, archs: list[str], lr: float, command: str, extra: tuple[str, ...] = ()) -> dict:
     """``row`` with its kept set also evaluated on ``archs`` at evaluation lr ``lr`` instead of the set's learned lr
     (``row["at_lr"][lr][arch]``: the accuracy, wall time and command)."""
-    accuracy, seconds = evaluate_kept(row, archs, ("evaluate.use_set_lr=false", f"evaluate.lr={lr}"))
+    accuracy, seconds = evaluate_kept(row, archs, ("evaluate.use_set_lr=false", f"evaluate.lr={lr}", *extra))
     at = row.get("at_lr", {})
     done = {arch: {**a, "wall_s": seconds, "command": command} for arch, a in accuracy.items()}
     return {**row, "at_lr": {**at, f"{lr:g}": {**at.get(f"{lr:g}", {}), **done}}}
@@ -168,7 +176,9 @@ def markdown(args: argparse.Namespace, rows: dict[str, dict]) -> str:
              f"`fmnist_ddoq.yaml`); {args.models} models per architecture, 300 epochs with DSA, final accuracy (mean ± std); "
              f"full: the 60k training images, {args.full_epochs} epochs with DSA. Wall time: making the set and evaluating it "
              "(experts included the first time a store is trained). best: the better of the trajectory matchers; "
-             "2 SE: two standard errors of the difference of means (std over the models).", ""]
+             "2 SE: two standard errors of the difference of means (std over the models). Cells of an architecture named by "
+             "a command's `--compile` trained their models through `torch.compile` (`evaluate.compile`: the same "
+             "protocol, other float rounding; `benchmarks/results/eval_speed.md`).", ""]
     for arch in dict.fromkeys(a for r in rows.values() for a in r["accuracy"]):
         lines += [f"## {arch}" + ("" if arch == "convnet" else f", width {WIDTH} (full data not run on it)"), "", "| IPC | " + " | ".join(kinds) + " | full data | best − full | best − max(random, ddoq) |",
                   "|---|" + "---|" * (len(kinds) + 3)]
@@ -248,6 +258,11 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--eval-lr", type=float, default=None,
                     help="evaluate the kept sets of --kinds/--ipcs on --archs at this lr instead of their learned lr")
+    ap.add_argument("--compile", nargs="+", default=[], metavar="ARCH",
+                    help="train these architectures' evaluation models through torch.compile (evaluate.compile; "
+                         "other float rounding)")
+    ap.add_argument("--eval-cpus", type=float, default=None,
+                    help="CPUs per evaluation model (evaluate.cpus_per_model; 0.66: three models at once on 2 cores)")
     args = ap.parse_args()
     if args.eval_lr is not None and not args.eval_lr > 0:
         ap.error(f"--eval-lr {args.eval_lr}: an evaluation lr must be positive")
@@ -265,11 +280,11 @@ def main() -> None:
             done = rows.get(key, {}).get("at_lr", {}).get(f"{args.eval_lr:g}", {})
             if kind == "full" or key not in rows or not (missing := [a for a in args.archs if a not in done]):
                 continue
-            rows[key] = add_fixed_lr(rows[key], missing, args.eval_lr, args.command)
+            rows[key] = add_fixed_lr(rows[key], missing, args.eval_lr, args.command, tuple(evaluation(args)))
         elif key not in rows:
             rows[key] = {**run_row(args, kind, ipc), "command": args.command}
         elif kind != "full" and (missing := [a for a in args.archs if a not in rows[key]["accuracy"]]):
-            rows[key] = {**add_archs(rows[key], missing), "arch_commands": [*arch_commands(rows[key]), args.command]}
+            rows[key] = {**add_archs(rows[key], missing, tuple(evaluation(args))), "arch_commands": [*arch_commands(rows[key]), args.command]}
         else:
             continue
         save(args, rows)

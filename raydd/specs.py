@@ -295,10 +295,13 @@ class EvaluateSpec:
     cpus_per_model: float
     gpus_per_model: float
     amp: bool
+    compile: tuple[str, ...]
 
     @classmethod
     def from_config(cls, ev: dict[str, Any]) -> EvaluateSpec:
-        return dataclasses.replace(_build(cls, ev, "evaluate"), models=tuple(ev["models"]))
+        if not isinstance(ev["compile"], (list, tuple)):
+            raise ConfigError(f"evaluate.compile must be a list of architectures (e.g. [resnet18,vgg11]), got {ev['compile']!r}")
+        return dataclasses.replace(_build(cls, ev, "evaluate"), models=tuple(ev["models"]), compile=tuple(ev["compile"]))
 
     @property
     def resources(self) -> Resources:
@@ -621,6 +624,9 @@ def check(spec: RunSpec, stage: str, models: tuple[str, ...], datasets: list[str
     for name in [spec.model.name, *spec.evaluate.models]:
         if name not in models:
             raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(models)}")
+    for name in spec.evaluate.compile:
+        if name not in models:
+            raise ConfigError(f"evaluate.compile: unknown model {name!r}; choose one of {', '.join(models)}")
     widths = [(spec.model.name, spec.model.width, "model.width")]
     widths += [(name, spec.evaluate.width, "evaluate.width") for name in spec.evaluate.models if name != spec.model.name]
     for name, width, key in widths:

@@ -51,10 +51,11 @@ def test_a_kept_row_stays_compared_with_the_baseline_of_its_own_run(monkeypatch)
     assert any("(glibc's malloc), NHWC: s / outer" in line and "| 27.00 | 30.00 | 0.90 | – |" in line for line in lines)
 
 
-@pytest.mark.parametrize("arch", ["convnet", "resnet18", "vgg11"])
-def test_eval_layout_points_run(arch):
-    script = SPEED.parent / "eval_layout.py"
-    out = subprocess.run([sys.executable, str(script), "--point", arch, "nhwc", "--width", "4", "--ipc", "2", "--epochs", "1"],
+@pytest.mark.parametrize(("arch", "variant"), [("convnet", "nhwc"), ("resnet18", "nhwc"), ("vgg11", "compile")])
+def test_eval_speed_points_run(arch, variant):
+    script = SPEED.parent / "eval_speed.py"
+    out = subprocess.run([sys.executable, str(script), "--point", arch, variant, "--width", "4", "--ipc", "2", "--epochs", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) > 0
+    first, epoch = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first > 0 and epoch > 0

@@ -69,6 +69,8 @@ BAD = {
     "unknown dataset": (["evaluate", "dataset=imagenet22k"], "unknown dataset 'imagenet22k'; choose one of cifar10"),
     "unknown model": (["evaluate", "model=lenet"], "unknown model 'lenet'; choose one of alexnet"),
     "unknown evaluate model": (["evaluate", "evaluate.models=[lenet]"], "unknown model 'lenet'; choose one of convnet"),
+    "unknown compiled model": (["evaluate", "evaluate.compile=[resnet]"], "evaluate.compile: unknown model 'resnet'"),
+    "compile not a list": (["evaluate", "evaluate.compile=true"], "evaluate.compile must be a list of architectures"),
     "unknown method": (["evaluate", "method=dc"], "unknown method 'dc'; choose one of ast"),
     "method in wrong stage": (["distill", "method=ddoq"], "method 'ddoq' does not run in stage 'distill'"),
     "ipc=0": (["evaluate", "ipc=0"], "ipc must be a positive integer, got 0"),

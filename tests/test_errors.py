@@ -108,6 +108,7 @@ CASES = {
     "unknown dataset": (args("evaluate", "dataset=imagenet22k"), 2, "unknown dataset 'imagenet22k'", None),
     "unknown model": (args("evaluate", "model=lenet"), 2, "unknown model 'lenet'", None),
     "unknown evaluate model": (args("evaluate", "evaluate.models=[lenet]"), 2, "unknown model 'lenet'", None),
+    "compile not a list": (args("evaluate", "evaluate.compile=true"), 2, "evaluate.compile must be a list", None),
     "a width for alexnet": (args("evaluate", "evaluate.models=[convnet,alexnet]", "evaluate.width=16"), 2,
                             "evaluate.width=16 for alexnet, which has one width", None),
     "evaluate.width=0": (args("evaluate", "evaluate.models=[resnet18]", "evaluate.width=0"), 2,

@@ -1,5 +1,6 @@
 """The evaluation protocol: losses, the random baseline's picks, training on a set, the stage on Ray."""
 
+import copy
 import json
 
 import pytest
@@ -164,3 +165,23 @@ def test_the_evaluation_protocol_lays_the_model_out_as_channels_last_resolves(se
     train_on_batches(model, lambda gen: [(x, y, None, None)], TrainSpec(epochs=1, dsa=False, channels_last=setting), 0)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last) is nhwc
     assert model[0].weight.is_contiguous() is not nhwc
+
+
+def test_a_compiled_training_forward_trains_as_close_to_float64_as_eager():
+    """``compile``: the protocol's steps (DSA, the last short batch: a second static graph) through torch.compile
+    land as near the float64 weights as eager float32 training does; the module handed back is the eager one."""
+    from raydd.models.resnet import ResNet18
+
+    torch.manual_seed(0)
+    x, y, start = torch.randn(40, 1, 28, 28), torch.arange(40) % 4, ResNet18(1, 4, 28, width=4)
+
+    def trained(compiled: bool, dtype: torch.dtype) -> tuple[nn.Module, torch.Tensor]:
+        model = train_on_set(copy.deepcopy(start).to(dtype), x.to(dtype), y,
+                             TrainSpec(epochs=2, lr=0.01, batch_size=16, compile=compiled), seed=0)
+        return model, torch.cat([p.detach().flatten().double() for p in model.parameters()])
+
+    (_, eager), (compiled, fast), (_, exact) = trained(False, torch.float32), trained(True, torch.float32), \
+        trained(False, torch.float64)
+    assert not hasattr(compiled, "_orig_mod")
+    moved = (exact - torch.cat([p.detach().flatten().double() for p in start.parameters()])).norm()
+    assert (fast - exact).norm() <= 3 * (eager - exact).norm() + 1e-6 * moved

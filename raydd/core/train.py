@@ -24,6 +24,7 @@ class TrainSpec:
     soft_label_temperature: float = 1.0
     amp: bool = False              # bfloat16 autocast for the forward pass (weights and optimiser stay float32)
     channels_last: bool | str = False  # NHWC weights and activations (the same values); "auto": see channels_last()
+    compile: bool = False          # torch.compile the training forward (one static graph per batch shape)
 
 
 def channels_last(setting: bool | str, device: torch.device) -> bool:
@@ -69,9 +70,11 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, spec:
 def train_on_batches(model: nn.Module, epoch: Callable[[torch.Generator], Iterable[Batch]], spec: TrainSpec,
                      seed: int, on_epoch: Callable[[int], None] | None = None) -> nn.Module:
     """SGD with momentum, lr ×0.1 at half the epochs, :func:`train_step` on every batch of ``epoch(gen)`` (one
-    epoch's batches, their order drawn from the seeded ``gen``, which then seeds DSA batch by batch)."""
+    epoch's batches, their order drawn from the seeded ``gen``, which then seeds DSA batch by batch); under
+    ``spec.compile`` through the compiled forward (the returned module stays eager)."""
     if channels_last(spec.channels_last, next(model.parameters()).device):
         model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model, dynamic=False) if spec.compile else model
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     # Milestone at least 1: a milestone of 0 would decay the lr before the first epoch.
@@ -79,7 +82,7 @@ def train_on_batches(model: nn.Module, epoch: Callable[[torch.Generator], Iterab
     model.train()
     for e in range(spec.epochs):
         for batch in epoch(gen):
-            train_step(model, opt, batch, spec, gen)
+            train_step(forward, opt, batch, spec, gen)
         sched.step()
         if on_epoch is not None:
             on_epoch(e)

@@ -40,7 +40,8 @@ def recipe(run: RunSpec, ds: DistilledSet) -> dict[str, Any]:
     """How ``evaluate_set`` measures the set: the training protocol (SGD with momentum, lr ×0.1 at epochs // 2),
     the architectures, one seed per model, and the test split."""
     ev = run.evaluate
-    return {**dataclasses.asdict(train_spec(ev, ds, run.channels_last)), "lr_decay_epoch": max(1, ev.epochs // 2),
+    return {**dataclasses.asdict(train_spec(ev, ds, run.channels_last)), "compile": list(ev.compile),
+            "lr_decay_epoch": max(1, ev.epochs // 2),
             "models": [dataclasses.asdict(model_spec(run.model, arch, ev.width)) for arch in ev.models],
             "seeds": [run.seed + k for k in range(ev.num_models)],
             "test": f"{run.dataset.name} test split, normalised (and whitened) like the set"}
@@ -98,7 +99,8 @@ def evaluate_set(ds: DistilledSet | FullSet, run: RunSpec, spec: DatasetSpec, te
     tspec = train_spec(ev, ds, run.channels_last)
     ds_ref, test_ref = ray.put(ds), ray.put(test)
     task = _train_and_test_task.options(num_cpus=ev.resources.cpus, num_gpus=ev.resources.gpus)
-    jobs = [(arch, k, task.remote(model_spec(run.model, arch, ev.width), spec, ds_ref, test_ref, tspec, run.seed + k))
+    jobs = [(arch, k, task.remote(model_spec(run.model, arch, ev.width), spec, ds_ref, test_ref,
+                                  dataclasses.replace(tspec, compile=arch in ev.compile), run.seed + k))
             for arch in archs for k in range(num_models)]
     start = time.time()
     accs = ray.get([j for *_, j in jobs])
