@@ -38,7 +38,7 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
     """The config overrides of one row: the kind's experiment (or method), the shared width and evaluation."""
     from raydd.config import compose
 
-    shared = [f"storage.root={args.root}", "seed=0", f"evaluate.num_models={args.models}", *evaluation(args), *args.smoke,
+    shared = [f"storage.root={args.root}", "seed=0", f"evaluate.num_models={args.models}", *args.smoke,
               f"evaluate.models=[{','.join(args.archs)}]", f"evaluate.width={WIDTH}",
               f"distill.cpus_per_worker={args.cpus}", "workers=1"]
     if kind == "full":
@@ -60,8 +60,9 @@ def overrides(args: argparse.Namespace, kind: str, ipc: int | None) -> list[str]
 
 
 def evaluation(args: argparse.Namespace) -> list[str]:
-    """How this command runs its evaluation models, not what they measure: ``--compile`` (their training forward
-    through torch.compile) and ``--eval-cpus`` (CPUs per model: below 1, more models at once than cores)."""
+    """How this command runs its evaluation models, not what they measure (so not in a row's overrides; its
+    command keeps them): ``--compile`` (their training forward through torch.compile) and ``--eval-cpus`` (CPUs per
+    model: below 1, more models at once than cores)."""
     return [*([f"evaluate.compile=[{','.join(args.compile)}]"] if args.compile else []),
             *([f"evaluate.cpus_per_model={args.eval_cpus:g}"] if args.eval_cpus is not None else [])]
 
@@ -79,7 +80,7 @@ def run_row(args: argparse.Namespace, kind: str, ipc: int | None) -> dict:
     from raydd.experts import stage as experts
     from raydd.quantize import stage as quantize
 
-    cfg = compose(overrides(args, kind, ipc))
+    cfg = compose([*overrides(args, kind, ipc), *evaluation(args)])
     tic, set_uri, made = time.time(), None, {}
     if kind == "ddoq":
         validate(cfg, "quantize")
@@ -104,8 +105,7 @@ def evaluate_kept(row: dict, archs: list[str], extra: tuple[str, ...] = ()) -> t
     from raydd.evaluate import stage as evaluate
     from raydd.storage.layout import set_location
 
-    kept = [o for o in row["overrides"] if not o.startswith(("evaluate.compile=", "evaluate.cpus_per_model="))]
-    cfg = compose([*kept, f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}", *extra])
+    cfg = compose([*row["overrides"], f"evaluate.models=[{','.join(archs)}]", f"evaluate.width={WIDTH}", *extra])
     tic = time.time()
     loc = set_location(cfg)
     drawn = row["kind"] == "random" and not loc.join("set.parquet").exists()
@@ -274,17 +274,18 @@ def main() -> None:
     out = args.results / "large_ipc.json"
     rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
     kinds = [args.other if k == "other" else k for k in args.kinds]
+    extra = tuple(evaluation(args))
     for kind, ipc in [("full", None), *((k, i) for i in args.ipcs for k in kinds)]:
         key = f"{kind}-{ipc}"
         if args.eval_lr is not None:
             done = rows.get(key, {}).get("at_lr", {}).get(f"{args.eval_lr:g}", {})
             if kind == "full" or key not in rows or not (missing := [a for a in args.archs if a not in done]):
                 continue
-            rows[key] = add_fixed_lr(rows[key], missing, args.eval_lr, args.command, tuple(evaluation(args)))
+            rows[key] = add_fixed_lr(rows[key], missing, args.eval_lr, args.command, extra)
         elif key not in rows:
             rows[key] = {**run_row(args, kind, ipc), "command": args.command}
         elif kind != "full" and (missing := [a for a in args.archs if a not in rows[key]["accuracy"]]):
-            rows[key] = {**add_archs(rows[key], missing, tuple(evaluation(args))), "arch_commands": [*arch_commands(rows[key]), args.command]}
+            rows[key] = {**add_archs(rows[key], missing, extra), "arch_commands": [*arch_commands(rows[key]), args.command]}
         else:
             continue
         save(args, rows)
